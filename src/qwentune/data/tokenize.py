@@ -1,0 +1,146 @@
+"""Render conversations with the tokenizer's own chat template and build the loss mask.
+
+Labels are IGNORE_INDEX everywhere except assistant turns: their content and the
+end-of-turn token (`<|im_end|>` for ChatML). The mask is found on the rendered *text*:
+each assistant content is located after its header and mapped to tokens through the
+fast tokenizer's offsets. Tokenizing prefix by prefix (LLaMA-Factory's way) breaks on
+Qwen3, whose template renders an earlier assistant turn differently once a later user
+turn follows (the empty think block is dropped), so prefixes are not prefixes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IGNORE_INDEX = -100
+CHATML_END_OF_TURN = "<|im_end|>"
+
+
+def end_of_turn_token(tokenizer) -> str:
+    """The token that closes an assistant turn: `<|im_end|>` for ChatML, else EOS."""
+    if CHATML_END_OF_TURN in tokenizer.get_vocab():
+        return CHATML_END_OF_TURN
+    return tokenizer.eos_token
+
+
+def template_kwargs(tokenizer) -> dict:
+    """Extra chat-template arguments; Qwen3 data without reasoning trains and infers with thinking off."""
+    template = tokenizer.chat_template or ""
+    return {"enable_thinking": False} if "enable_thinking" in template else {}
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt, **template_kwargs(tokenizer)
+    )
+
+
+def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of `messages` followed by the assistant header, ready for generation."""
+    return tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+
+
+@dataclass
+class EncodedExample:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+    @property
+    def num_trained_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+def _common_prefix_length(a: str, b: str) -> int:
+    limit = min(len(a), len(b))
+    index = 0
+    while index < limit and a[index] == b[index]:
+        index += 1
+    return index
+
+
+def _assistant_char_spans(tokenizer, text: str, messages: list[dict], end_of_turn: str) -> list[tuple[int, int]]:
+    """Character spans [start, end) of each assistant content plus its end-of-turn token.
+
+    The search for a reply starts where the rendering of the conversation up to that reply
+    (with the generation prompt) stops agreeing with the full text: the end of the assistant
+    header. So a reply that also appears in an earlier user turn is found in its own turn.
+    """
+    spans = []
+    previous_end = 0
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        header_end = _common_prefix_length(render(tokenizer, messages[:index], add_generation_prompt=True), text)
+        # Templates may strip surrounding whitespace of the content.
+        needle = message["content"].strip()
+        start = text.find(needle, max(header_end, previous_end))
+        if start < 0:
+            raise ValueError("chat template did not render an assistant message verbatim")
+        end = text.find(end_of_turn, start + len(needle))
+        if end < 0:
+            raise ValueError(f"chat template did not close an assistant turn with {end_of_turn!r}")
+        previous_end = end + len(end_of_turn)
+        spans.append((start, previous_end))
+    return spans
+
+
+def encode_conversation(
+    tokenizer,
+    messages: list[dict],
+    *,
+    train_on_prompt: bool = False,
+    last_turn_only: bool = False,
+    max_length: int | None = None,
+) -> EncodedExample:
+    """Token ids and labels of one conversation.
+
+    train_on_prompt: every token is trained (system, user and template tokens too).
+    last_turn_only: only the final assistant turn is trained.
+    max_length: keep the first `max_length` tokens (the pipeline filters long records
+    before this; truncation here is a guard and is reported through `truncated`).
+    """
+    text = render(tokenizer, messages)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids: list[int] = encoding["input_ids"]
+    if train_on_prompt:
+        labels = list(input_ids)
+    else:
+        spans = _assistant_char_spans(tokenizer, text, messages, end_of_turn_token(tokenizer))
+        if last_turn_only:
+            spans = spans[-1:]
+        labels = [IGNORE_INDEX] * len(input_ids)
+        for index, (tok_start, tok_end) in enumerate(encoding["offset_mapping"]):
+            if tok_end > tok_start and any(s <= tok_start and tok_end <= e for s, e in spans):
+                labels[index] = input_ids[index]
+    truncated = max_length is not None and len(input_ids) > max_length
+    if truncated:
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
+    return EncodedExample(input_ids=input_ids, labels=labels, truncated=truncated)
+
+
+def describe_example(tokenizer, example: EncodedExample) -> str:
+    """Human-readable view of one example: the full text, then only what is trained.
+
+    Trained spans are shown between ⟦ ⟧ so a wrong mask is visible at a glance.
+    """
+    pieces: list[str] = []
+    run: list[int] = []
+    run_trained = False
+
+    def flush():
+        if run:
+            decoded = tokenizer.decode(run, skip_special_tokens=False)
+            pieces.append(f"⟦{decoded}⟧" if run_trained else decoded)
+
+    for token_id, label in zip(example.input_ids, example.labels):
+        trained = label != IGNORE_INDEX
+        if trained != run_trained:
+            flush()
+            run, run_trained = [], trained
+        run.append(token_id)
+    flush()
+    return (
+        f"{len(example.input_ids)} tokens, {example.num_trained_tokens} trained "
+        f"(trained spans in ⟦ ⟧):\n" + "".join(pieces)
+    )
