@@ -61,6 +61,10 @@ def _describe(error: dict, schema: type[BaseModel]) -> str:
         return message
     if kind == "missing":
         return f"missing required key '{key}'"
+    if kind == "value_error":
+        # Our own cross-key checks: their message already names the keys.
+        message = error["msg"].removeprefix("Value error, ")
+        return f"'{key}': {message}" if key and not isinstance(error.get("input"), dict) else message
     given = error.get("input")
     shown = repr(given) if not isinstance(given, dict) else "a mapping"
     return f"'{key}': {error['msg']} (got {shown})"

@@ -1,0 +1,77 @@
+"""Schema of config/eval_config.yaml."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from qwentune import paths
+from qwentune.config.base import StrictModel
+
+MetricName = Literal["bleu", "rouge", "bertscore", "perplexity", "diversity"]
+
+
+class EvalModelConfig(StrictModel):
+    # A training output folder, checkpoint, adapter, merged model, hub id or embedded name.
+    model_path: str = str(paths.CHECKPOINTS_DIR)
+    # The model the adapter was trained from; None: read it from the checkpoint.
+    base_model: str | None = None
+    # Also evaluate base_model on the same samples and report per-metric deltas.
+    compare_base: bool = True
+    device: str = "auto"
+    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+
+
+class EvalDatasetConfig(StrictModel):
+    name: str
+    path: str
+    # Free-form label shown in the report (the guide uses instruction_following, chinese_capability).
+    type: str = "instruction_following"
+    max_samples: int | None = Field(None, ge=1)
+
+
+class GenerationConfig(StrictModel):
+    max_new_tokens: int = Field(128, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+
+
+class BertScoreConfig(StrictModel):
+    # Encoder folder or hub id; default: the embedded all-MiniLM-L6-v2 (English only).
+    model: str = "embedded:minilm"
+    num_layers: int = Field(6, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+
+class OutputConfig(StrictModel):
+    results_dir: str = str(paths.EVALUATION_DIR)
+    save_predictions: bool = True
+    generate_report: bool = True
+
+
+class EvalConfig(StrictModel):
+    model: EvalModelConfig = EvalModelConfig()
+    datasets: list[EvalDatasetConfig] = [
+        EvalDatasetConfig(name="alpaca_eval", path=str(paths.PROCESSED_DATA_DIR / "test.jsonl")),
+        EvalDatasetConfig(
+            name="chinese_eval", path=str(paths.PROCESSED_DATA_DIR / "chinese_test.jsonl"), type="chinese_capability"
+        ),
+    ]
+    metrics: list[MetricName] = ["bleu", "rouge", "bertscore", "perplexity", "diversity"]
+    generation: GenerationConfig = GenerationConfig()
+    bertscore: BertScoreConfig = BertScoreConfig()
+    output: OutputConfig = OutputConfig()
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _unique_dataset_names(self):
+        names = [d.name for d in self.datasets]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"datasets: names must be unique, repeated: {', '.join(duplicated)}")
+        return self

@@ -1,0 +1,143 @@
+"""Schema of config/training_config.yaml: the guide's blocks and keys, checked before any work starts."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from qwentune import paths
+from qwentune.config.base import StrictModel
+
+FinetuningType = Literal["lora", "full", "freeze"]
+
+
+class ModelConfig(StrictModel):
+    # A hub id (Qwen/Qwen2.5-0.5B-Instruct), a local folder, or an embedded asset (embedded:demo-model).
+    model_name_or_path: str = "Qwen/Qwen2.5-0.5B-Instruct"
+    # Only when the config asks: remote code runs with the user's rights.
+    trust_remote_code: bool = False
+    # "auto": bf16 where the device has it, else fp32 (CPU trains in fp32).
+    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # QLoRA: load the frozen base in 4-bit NF4 or 8-bit (bitsandbytes); needs lora.use_lora.
+    quantization_bit: Literal[4, 8] | None = None
+    # Tokenizer to use when it differs from the model's own.
+    tokenizer_name_or_path: str | None = None
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
+
+
+class DataConfig(StrictModel):
+    train_file: str = str(paths.PROCESSED_DATA_DIR / "train.jsonl")
+    validation_file: str | None = str(paths.PROCESSED_DATA_DIR / "validation.jsonl")
+    max_seq_length: int = Field(2048, ge=16)
+    preprocessing_num_workers: int = Field(4, ge=1)
+    # Loss on system/user tokens too (default: assistant turns only).
+    train_on_prompt: bool = False
+    # Loss on the final assistant turn only.
+    last_turn_only: bool = False
+    # Use at most this many training / validation records (None: all).
+    max_samples: int | None = Field(None, ge=1)
+    max_eval_samples: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _mask_options_agree(self):
+        if self.train_on_prompt and self.last_turn_only:
+            raise ValueError("data.train_on_prompt and data.last_turn_only cannot both be true")
+        return self
+
+
+class TrainingConfig(StrictModel):
+    output_dir: str = str(paths.CHECKPOINTS_DIR)
+    logging_dir: str = str(paths.LOGS_DIR)
+    # None: derived from lora.use_lora (true -> lora, false -> full).
+    finetuning_type: FinetuningType | None = None
+    # freeze tuning: train only the last N decoder layers.
+    freeze_trainable_layers: int = Field(2, ge=1)
+    num_train_epochs: float = Field(3, gt=0)
+    # > 0 overrides num_train_epochs.
+    max_steps: int = -1
+    per_device_train_batch_size: int = Field(4, ge=1)
+    per_device_eval_batch_size: int = Field(4, ge=1)
+    # Also accepted under mindspeed: as in the guide; set it in one place.
+    gradient_accumulation_steps: int | None = Field(None, ge=1)
+    learning_rate: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+    ] = "cosine"
+    optim: str = "adamw_torch"
+    max_grad_norm: float = Field(1.0, gt=0)
+    logging_steps: int = Field(10, ge=1)
+    save_steps: int = Field(500, ge=1)
+    eval_steps: int = Field(500, ge=1)
+    save_total_limit: int | None = Field(3, ge=1)
+    seed: int = 42
+    fp16: bool = False
+    bf16: bool = False
+    dataloader_pin_memory: bool = True
+    dataloader_num_workers: int = Field(0, ge=0)
+    # Stop when validation loss has not improved for this many evaluations (None: never).
+    early_stopping_patience: int | None = Field(None, ge=1)
+    report_to: list[str] = ["tensorboard"]
+
+    @model_validator(mode="after")
+    def _one_precision(self):
+        if self.fp16 and self.bf16:
+            raise ValueError("training.fp16 and training.bf16 cannot both be true")
+        return self
+
+
+class LoraConfig(StrictModel):
+    use_lora: bool = True
+    r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    # Module names, or the string "all-linear".
+    target_modules: list[str] | Literal["all-linear"] = ["q_proj", "v_proj"]
+    use_rslora: bool = False
+    use_dora: bool = False
+
+
+class MindSpeedConfig(StrictModel):
+    # On Ascend with MindSpeed installed its adaptor is applied; elsewhere a notice says what runs instead.
+    use_mindspeed: bool = False
+    # DeepSpeed ZeRO stage for multi-process runs (0: plain DDP).
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    gradient_accumulation_steps: int | None = Field(None, ge=1)
+
+
+class OptimizationConfig(StrictModel):
+    gradient_checkpointing: bool = False
+
+
+class TrainConfig(StrictModel):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    training: TrainingConfig = TrainingConfig()
+    lora: LoraConfig = LoraConfig()
+    mindspeed: MindSpeedConfig = MindSpeedConfig()
+    optimization: OptimizationConfig = OptimizationConfig()
+
+    @model_validator(mode="after")
+    def _check_combinations(self):
+        implied = "lora" if self.lora.use_lora else "full"
+        chosen = self.training.finetuning_type
+        if chosen is None:
+            self.training.finetuning_type = implied
+        elif chosen == "lora" and not self.lora.use_lora:
+            raise ValueError("training.finetuning_type is 'lora' but lora.use_lora is false")
+        elif chosen in ("full", "freeze") and self.lora.use_lora and "use_lora" in self.lora.model_fields_set:
+            raise ValueError(f"training.finetuning_type is '{chosen}' but lora.use_lora is true; set one of them")
+        if self.model.quantization_bit and self.training.finetuning_type != "lora":
+            raise ValueError("model.quantization_bit (QLoRA) needs LoRA: set lora.use_lora: true")
+        a, b = self.training.gradient_accumulation_steps, self.mindspeed.gradient_accumulation_steps
+        if a is not None and b is not None and a != b:
+            raise ValueError(
+                f"gradient_accumulation_steps is {a} under training and {b} under mindspeed; set it in one place"
+            )
+        return self
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.training.gradient_accumulation_steps or self.mindspeed.gradient_accumulation_steps or 1

@@ -1,0 +1,121 @@
+"""What a training output holds for inference, and how to find and load it again.
+
+A training output folder carries the weights (adapter or full), the tokenizer with its chat
+template, a generation config whose end-of-sequence ids include the end-of-turn token (so
+the tuned model stops), and `qwentune_meta.json` (base model, method, data, config).
+Checkpoints are `checkpoint-N` folders; one is complete once `COMPLETE_MARKER` is written,
+after everything else, so a checkpoint cut short by a killed process is never picked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+from transformers import GenerationConfig
+
+from qwentune import __version__
+from qwentune.data.tokenize import end_of_turn_token
+
+META_FILE = "qwentune_meta.json"
+COMPLETE_MARKER = "qwentune_complete"
+ADAPTER_CONFIG = "adapter_config.json"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors")
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+class NoModelError(FileNotFoundError):
+    """A folder that holds neither a model, an adapter nor a complete checkpoint."""
+
+
+def holds_model(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in WEIGHT_FILES)
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """checkpoint-N folders that finished saving, oldest first."""
+    found = []
+    for child in output_dir.glob("checkpoint-*") if output_dir.is_dir() else []:
+        match = _CHECKPOINT_NAME.match(child.name)
+        if match and (child / COMPLETE_MARKER).is_file():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    checkpoints = complete_checkpoints(Path(output_dir))
+    return checkpoints[-1] if checkpoints else None
+
+
+def resolve_model_dir(path: str | Path) -> Path | str:
+    """A training output folder -> its final model, else its latest complete checkpoint.
+
+    A path that is not a folder is returned unchanged (a hub id or an embedded name).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        if str(path).startswith((".", "/")) or folder.suffix:
+            raise NoModelError(f"model path '{path}' does not exist")
+        return str(path)
+    if holds_model(folder):
+        return folder
+    latest = latest_checkpoint(folder)
+    if latest is not None:
+        return latest
+    raise NoModelError(
+        f"'{folder}' holds no model: no weights (model.safetensors / adapter_model.safetensors) and no complete "
+        "checkpoint-N folder. Train first (python scripts/train.py --config config/training_config.yaml) "
+        "or point --model_path at a model folder, hub id or embedded:demo-model."
+    )
+
+
+def read_meta(folder: Path) -> dict:
+    """qwentune_meta.json of a model folder or of the training output above a checkpoint."""
+    for candidate in (folder / META_FILE, folder.parent / META_FILE):
+        if candidate.is_file():
+            return json.loads(candidate.read_text(encoding="utf-8"))
+    return {}
+
+
+def base_model_of(folder: Path) -> str | None:
+    """The base model an adapter folder was trained from (our metadata first: it keeps embedded names)."""
+    meta = read_meta(folder)
+    if meta.get("base_model"):
+        return meta["base_model"]
+    adapter_config = folder / ADAPTER_CONFIG
+    if adapter_config.is_file():
+        return json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    return None
+
+
+def chat_generation_config(model, tokenizer) -> GenerationConfig:
+    """The model's generation config with end-of-turn among the stop ids and a pad id set."""
+    config = GenerationConfig.from_model_config(model.config) if model.generation_config is None else model.generation_config
+    config = GenerationConfig.from_dict(config.to_dict())
+    stop_ids = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    for token in (end_of_turn_token(tokenizer), tokenizer.eos_token):
+        token_id = tokenizer.convert_tokens_to_ids(token) if token else None
+        if token_id is not None and token_id not in stop_ids:
+            stop_ids.append(token_id)
+    config.eos_token_id = [i for i in stop_ids if i is not None]
+    config.pad_token_id = tokenizer.pad_token_id
+    return config
+
+
+def save_inference_files(folder: Path, model, tokenizer, meta: dict) -> None:
+    """Everything inference needs beside the weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    chat_generation_config(model, tokenizer).save_pretrained(folder)
+    record = {
+        "qwentune_version": __version__,
+        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **meta,
+    }
+    (folder / META_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def mark_complete(folder: Path) -> None:
+    (folder / COMPLETE_MARKER).write_text("ok\n", encoding="utf-8")

@@ -1,0 +1,96 @@
+"""Load a causal LM (hub id, folder or embedded asset) for training or inference."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from qwentune.assets import resolve_model_name
+
+
+def quantization_config(bits: int | None, compute_dtype: torch.dtype):
+    """bitsandbytes settings for QLoRA: NF4 with double quantization, or 8-bit."""
+    if bits is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if bits == 4:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_causal_lm(
+    name_or_path: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    quantization_bit: int | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+):
+    path = resolve_model_name(name_or_path)
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    quant = quantization_config(quantization_bit, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise OSError(
+            f"could not load the model '{name_or_path}': {exc}\n"
+            "If the Hugging Face hub is unreachable: set HF_ENDPOINT to a mirror, download the model and pass "
+            "its folder, or use the embedded demo model (embedded:demo-model)."
+        ) from exc
+
+
+def load_for_inference(
+    model_path: str,
+    *,
+    base_model: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    quantization_bit: int | None = None,
+    trust_remote_code: bool = False,
+):
+    """(model, tokenizer, info) from a training output, checkpoint, adapter, merged model, hub id or embedded name.
+
+    An adapter folder names its base model (overridable with `base_model`); the tokenizer,
+    chat template and stop tokens come from what training saved.
+    """
+    from pathlib import Path
+
+    from qwentune.data.tokenize import load_tokenizer
+    from qwentune.model.checkpoint import ADAPTER_CONFIG, base_model_of, chat_generation_config, read_meta, resolve_model_dir
+    from qwentune.model.device import resolve_dtype, select_device
+
+    target = resolve_model_dir(model_path)
+    chosen_device = select_device(device)
+    torch_dtype = resolve_dtype(dtype, chosen_device)
+    load = dict(dtype=torch_dtype, quantization_bit=quantization_bit, trust_remote_code=trust_remote_code)
+    folder = Path(target) if isinstance(target, Path) else None
+    is_adapter = folder is not None and (folder / ADAPTER_CONFIG).is_file()
+    info = {"model_path": str(target), "adapter": is_adapter, "device": chosen_device, "dtype": str(torch_dtype)}
+    if is_adapter:
+        from peft import PeftModel
+
+        base = base_model or base_model_of(folder)
+        if not base:
+            raise OSError(f"adapter '{folder}' does not name its base model; pass base_model")
+        model = PeftModel.from_pretrained(load_causal_lm(base, **load), folder)
+        info["base_model"] = base
+    else:
+        model = load_causal_lm(str(target), **load)
+        info["base_model"] = (read_meta(folder) if folder else {}).get("base_model", str(target))
+    has_tokenizer = folder is not None and (folder / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(str(folder) if has_tokenizer else info["base_model"], trust_remote_code)
+    if quantization_bit is None:
+        model.to(chosen_device)
+    model.eval()
+    model.generation_config = chat_generation_config(model, tokenizer)
+    return model, tokenizer, info
