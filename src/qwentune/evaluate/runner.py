@@ -1,0 +1,315 @@
+"""The evaluation recipe: samples -> predictions (base and tuned) -> metrics -> reports.
+
+Predictions are cached per model under `<results_dir>/cache/`, keyed by the prompt and the
+generation settings, so an interrupted evaluation resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import importlib.metadata
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from qwentune.config.base import ConfigError, load_config
+from qwentune.config.evaluation import EvalConfig
+from qwentune.console import console, notice
+from qwentune.evaluate import metrics
+
+TUNED, BASE = "tuned", "base"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="config/eval_config.yaml", help="evaluation config YAML")
+    parser.add_argument("--datasets", nargs="+", default=None, help="names of datasets in the config to evaluate (default: all)")
+    parser.add_argument("--max_samples", type=int, default=None, help="at most this many samples per dataset")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. generation.max_new_tokens=64")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(EvalConfig, args.config, args.overrides)
+        config = select_datasets(config, args.datasets, args.max_samples)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    run_evaluation(config)
+    return 0
+
+
+def select_datasets(config: EvalConfig, names: list[str] | None, max_samples: int | None) -> EvalConfig:
+    if names:
+        known = [d.name for d in config.datasets]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ConfigError(f"--datasets: unknown {', '.join(unknown)}; the config has {', '.join(known)}")
+        config.datasets = [d for d in config.datasets if d.name in names]
+    if max_samples is not None:
+        if max_samples < 1:
+            raise ConfigError("--max_samples must be >= 1")
+        for dataset in config.datasets:
+            dataset.max_samples = min(dataset.max_samples or max_samples, max_samples)
+    return config
+
+
+# --- samples ----------------------------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    dataset: str
+    id: str
+    lang: str
+    prompt: list[dict]  # the conversation up to the last assistant turn
+    reference: str  # the last assistant turn
+
+
+def load_samples(path: str, dataset: str, limit: int | None) -> list[Sample]:
+    from qwentune.data.dataset import read_canonical
+    from qwentune.data.lang import detect_lang
+
+    samples = []
+    skipped = 0
+    for record in read_canonical(path):
+        messages = record["messages"]
+        if not messages or messages[-1]["role"] != "assistant":
+            skipped += 1
+            continue
+        reference = messages[-1]["content"]
+        samples.append(
+            Sample(dataset, str(record["id"]), record.get("lang") or detect_lang(reference), messages[:-1], reference)
+        )
+        if limit is not None and len(samples) >= limit:
+            break
+    if skipped:
+        notice(f"{dataset}: {skipped} records do not end with an assistant turn and were skipped")
+    return samples
+
+
+# --- predictions -------------------------------------------------------------------------------------
+
+def _cache_key(sample: Sample, settings: dict) -> str:
+    payload = json.dumps([sample.prompt, settings], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _read_cache(path: Path) -> dict[str, str]:
+    cached = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+                cached[entry["key"]] = entry["prediction"]
+            except (json.JSONDecodeError, KeyError):
+                break  # a line cut short by an interruption: everything before it is good
+    return cached
+
+
+def predict(engine, samples: list[Sample], settings: dict, cache_file: Path, label: str) -> dict[str, str]:
+    """{sample id: prediction}, generating only what the cache lacks."""
+    cached = _read_cache(cache_file)
+    keys = {s.id: _cache_key(s, settings) for s in samples}
+    todo = [s for s in samples if keys[s.id] not in cached]
+    if len(todo) < len(samples):
+        notice(f"{label}: {len(samples) - len(todo)} predictions reused from {cache_file}")
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    batch_size = settings["batch_size"]
+    generate_settings = {k: v for k, v in settings.items() if k != "batch_size"}
+    columns = [TextColumn(f"Generating ({label})"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    # Similar prompt lengths together: less left padding per batch.
+    todo.sort(key=lambda s: len(engine.prompt_ids(s.prompt)))
+    with Progress(*columns, console=console) as progress, cache_file.open("a", encoding="utf-8") as handle:
+        task = progress.add_task("generate", total=len(todo))
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            answers = engine.batch_generate([s.prompt for s in chunk], batch_size=batch_size, **generate_settings)
+            for sample, answer in zip(chunk, answers):
+                cached[keys[sample.id]] = answer
+                handle.write(json.dumps({"key": keys[sample.id], "id": sample.id, "prediction": answer}, ensure_ascii=False) + "\n")
+            handle.flush()
+            progress.advance(task, len(chunk))
+    return {s.id: cached[keys[s.id]] for s in samples}
+
+
+def generation_settings(config: EvalConfig) -> dict:
+    generation = config.generation
+    settings = {"max_new_tokens": generation.max_new_tokens, "batch_size": generation.batch_size}
+    if generation.do_sample:
+        settings.update(temperature=generation.temperature, top_p=generation.top_p)
+    if generation.repetition_penalty != 1.0:
+        settings["repetition_penalty"] = generation.repetition_penalty
+    return settings
+
+
+# --- metrics ------------------------------------------------------------------------------------------
+
+def text_metrics(config: EvalConfig, samples: list[Sample], predictions: dict[str, str], encoder: str | None) -> tuple[dict, list[dict]]:
+    """(corpus values, per-sample scores) of one model on one set of samples."""
+    preds = [predictions[s.id] for s in samples]
+    refs = [s.reference for s in samples]
+    langs = [s.lang for s in samples]
+    values: dict = {}
+    per_sample: list[dict] = [{} for _ in samples]
+    if "bleu" in config.metrics:
+        result = metrics.bleu(preds, refs, langs)
+        values["bleu"] = result["overall"]
+        for row, score in zip(per_sample, result["per_sample"]):
+            row["bleu"] = score
+    if "rouge" in config.metrics:
+        result = metrics.rouge(preds, refs, langs)
+        values.update(result["overall"])
+        for row, scores in zip(per_sample, result["per_sample"]):
+            row.update(scores)
+    if "bertscore" in config.metrics:
+        result = metrics.bertscore(
+            preds, refs, langs, encoder, num_layers=config.bertscore.num_layers, batch_size=config.bertscore.batch_size
+        )
+        values["bertscore"] = result["overall"]
+        for row, score in zip(per_sample, result["per_sample"]):
+            row["bertscore"] = score
+    if "diversity" in config.metrics:
+        values.update(metrics.diversity(preds, langs)["overall"])
+    return values, per_sample
+
+
+def model_perplexity(engine, samples: list[Sample], batch_size: int):
+    try:
+        return metrics.perplexity(
+            engine.model, engine.tokenizer, prompts=[s.prompt for s in samples], references=[s.reference for s in samples], batch_size=batch_size
+        )["perplexity"]
+    except ValueError as exc:
+        return metrics.not_available(str(exc))
+
+
+# --- the recipe ---------------------------------------------------------------------------------------
+
+def _models_to_evaluate(config: EvalConfig) -> dict[str, dict]:
+    """{label: QwenInference kwargs}: the tuned model, and its base when comparing."""
+    from qwentune.model.checkpoint import base_model_of, resolve_model_dir
+
+    model = config.model
+    common = dict(device=model.device, dtype=model.torch_dtype, trust_remote_code=model.trust_remote_code)
+    models = {TUNED: dict(model_path=model.model_path, base_model=model.base_model, **common)}
+    if model.compare_base:
+        target = resolve_model_dir(model.model_path)
+        base = model.base_model or (base_model_of(target) if isinstance(target, Path) else None)
+        if base and base != model.model_path:
+            models = {BASE: dict(model_path=base, **common), **models}
+        else:
+            notice("model.compare_base: no base model to compare with (set model.base_model); evaluating one model")
+    return models
+
+
+def _loss_curve(model_path: str) -> list[dict] | None:
+    from qwentune.model.checkpoint import resolve_model_dir
+    from qwentune.train.callbacks import LOSS_HISTORY_FILE
+
+    target = resolve_model_dir(model_path)
+    if isinstance(target, Path):
+        for folder in (target, target.parent):
+            if (folder / LOSS_HISTORY_FILE).is_file():
+                return json.loads((folder / LOSS_HISTORY_FILE).read_text(encoding="utf-8"))
+    return None
+
+
+def _versions() -> dict:
+    names = ("qwentune", "torch", "transformers", "peft", "sacrebleu", "rouge-score", "bert-score")
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def run_evaluation(config: EvalConfig) -> dict:
+    from qwentune.assets import resolve_model_name
+    from qwentune.evaluate.report import write_reports
+    from qwentune.infer.engine import QwenInference
+
+    started = time.time()
+    results_dir = Path(config.output.results_dir)
+    datasets = {}
+    for dataset in config.datasets:
+        samples = load_samples(dataset.path, dataset.name, dataset.max_samples)
+        if samples:
+            datasets[dataset.name] = samples
+        else:
+            notice(f"{dataset.name}: no samples in {dataset.path}; skipped")
+    if not datasets:
+        raise ValueError("no evaluation samples: check the dataset paths in the eval config")
+    unique = list({s.id: s for samples in datasets.values() for s in samples}.values())
+    settings = generation_settings(config)
+    models = _models_to_evaluate(config)
+    encoder = resolve_model_name(config.bertscore.model) if "bertscore" in config.metrics else None
+
+    predictions: dict[str, dict[str, str]] = {}
+    perplexities: dict[str, dict[str, object]] = {}
+    model_info: dict[str, dict] = {}
+    for label, kwargs in models.items():
+        console.rule(f"[bold]{label}: {kwargs['model_path']}")
+        with console.status(f"Loading {kwargs['model_path']} ..."):
+            engine = QwenInference(**kwargs)
+        model_info[label] = engine.info
+        predictions[label] = predict(engine, unique, settings, results_dir / "cache" / f"predictions-{label}.jsonl", label)
+        if "perplexity" in config.metrics:
+            with console.status(f"Perplexity ({label}) ..."):
+                perplexities[label] = {name: model_perplexity(engine, samples, settings["batch_size"]) for name, samples in datasets.items()}
+                perplexities[label]["overall"] = model_perplexity(engine, unique, settings["batch_size"])
+        del engine
+        gc.collect()
+
+    results = {
+        "meta": {
+            "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+            "config": config.model_dump(),
+            "versions": _versions(),
+            "models": model_info,
+            "generation": settings,
+        },
+        "definitions": metrics.METRIC_DEFINITIONS,
+        "models": list(models),
+        "datasets": {},
+        "overall": {},
+        "samples": [],
+        "loss_curve": _loss_curve(config.model.model_path),
+    }
+    per_sample_scores: dict[str, dict[str, dict]] = {label: {} for label in models}
+    with console.status("Scoring ..."):
+        for name, samples in list(datasets.items()) + [("overall", unique)]:
+            scores = {}
+            for label in models:
+                values, rows = text_metrics(config, samples, predictions[label], encoder)
+                if label in perplexities:
+                    values["perplexity"] = perplexities[label][name]
+                scores[label] = values
+                if name == "overall":
+                    per_sample_scores[label] = {s.id: row for s, row in zip(samples, rows)}
+            if name == "overall":
+                results["overall"] = scores
+            else:
+                results["datasets"][name] = {"n": len(samples), "type": next(d.type for d in config.datasets if d.name == name), "metrics": scores}
+    for name, samples in datasets.items():
+        for sample in samples:
+            results["samples"].append(
+                {
+                    "dataset": name,
+                    "id": sample.id,
+                    "lang": sample.lang,
+                    "prompt": sample.prompt,
+                    "reference": sample.reference,
+                    "predictions": {label: predictions[label][sample.id] for label in models},
+                    "scores": {label: per_sample_scores[label][sample.id] for label in models},
+                }
+            )
+    results["meta"]["duration_s"] = round(time.time() - started, 1)
+    written = write_reports(results, results_dir, save_predictions=config.output.save_predictions, html=config.output.generate_report)
+    console.print(f"[green]Evaluation done[/green] in {results['meta']['duration_s']:.0f}s: " + ", ".join(str(p) for p in written.values()))
+    return results
