@@ -35,6 +35,9 @@ class DataConfig(StrictModel):
     train_on_prompt: bool = False
     # Loss on the final assistant turn only.
     last_turn_only: bool = False
+    # System prompt for conversations that have none; saved with the model so inference uses it too.
+    # (Some templates insert their own default otherwise, e.g. SmolLM2 names itself in it.)
+    default_system_prompt: str | None = None
     # Use at most this many training / validation records (None: all).
     max_samples: int | None = Field(None, ge=1)
     max_eval_samples: int | None = Field(None, ge=1)

@@ -37,6 +37,13 @@ class EncodedSplit:
     without_targets: int  # dropped: nothing left to train after truncation
 
 
+def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    """`messages` with `system_prompt` in front when they have no system message of their own."""
+    if not system_prompt or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
 def encode_records(
     records: list[dict],
     tokenizer,
@@ -44,13 +51,14 @@ def encode_records(
     max_length: int,
     train_on_prompt: bool = False,
     last_turn_only: bool = False,
+    system_prompt: str | None = None,
     description: str = "Tokenizing",
 ) -> EncodedSplit:
     examples, truncated, without_targets = [], 0, 0
     for record in track(records, description=description, transient=True):
         example = encode_conversation(
             tokenizer,
-            record["messages"],
+            with_system_prompt(record["messages"], system_prompt),
             train_on_prompt=train_on_prompt,
             last_turn_only=last_turn_only,
             max_length=max_length,

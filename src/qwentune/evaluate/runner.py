@@ -179,9 +179,13 @@ def text_metrics(config: EvalConfig, samples: list[Sample], predictions: dict[st
 
 
 def model_perplexity(engine, samples: list[Sample], batch_size: int):
+    from qwentune.infer.engine import as_messages
+
+    # The prompt as the model sees it when generating (with the system prompt it was trained with).
+    prompts = [as_messages(s.prompt, engine.system_prompt) for s in samples]
     try:
         return metrics.perplexity(
-            engine.model, engine.tokenizer, prompts=[s.prompt for s in samples], references=[s.reference for s in samples], batch_size=batch_size
+            engine.model, engine.tokenizer, prompts=prompts, references=[s.reference for s in samples], batch_size=batch_size
         )["perplexity"]
     except ValueError as exc:
         return metrics.not_available(str(exc))

@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from threading import Thread
 
 import torch
 
+from qwentune.data.dataset import with_system_prompt
 from qwentune.data.tokenize import encode_prompt
 from qwentune.paths import CHECKPOINTS_DIR
 
@@ -23,10 +25,9 @@ Messages = list[dict]
 
 
 def as_messages(prompt: str | Messages, system_prompt: str | None = None) -> Messages:
+    """A message list, led by `system_prompt` when it has no system message (as in training)."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    if system_prompt and not any(m["role"] == "system" for m in messages):
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    return messages
+    return with_system_prompt(messages, system_prompt)
 
 
 def sampling_settings(
@@ -79,6 +80,14 @@ class QwenInference:
     def context_length(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 0) or 32768)
 
+    def generation_config(self, **settings):
+        """The saved generation config (stop ids, pad id) with this call's sampling settings."""
+        config = copy.deepcopy(self.model.generation_config)
+        unknown = config.update(**sampling_settings(**settings))
+        if unknown:
+            raise TypeError(f"unknown generation settings: {', '.join(sorted(unknown))}")
+        return config
+
     def prompt_ids(self, prompt: str | Messages) -> list[int]:
         return encode_prompt(self.tokenizer, as_messages(prompt, self.system_prompt))
 
@@ -101,10 +110,7 @@ class QwenInference:
             batch = [self.prompt_ids(p) for p in prompts[start : start + batch_size]]
             input_ids, attention_mask = self._left_pad(batch)
             output = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=self.model.generation_config,
-                **sampling_settings(**settings),
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=self.generation_config(**settings)
             )
             for row in output[:, input_ids.shape[1] :]:
                 answers.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
@@ -125,10 +131,9 @@ class QwenInference:
         kwargs = dict(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            generation_config=self.model.generation_config,
+            generation_config=self.generation_config(**settings),
             streamer=streamer,
             stopping_criteria=StoppingCriteriaList([StopOnEvent()]),
-            **sampling_settings(**settings),
         )
         worker = Thread(target=self._generate_quietly, kwargs=kwargs, daemon=True)
         worker.start()

@@ -87,6 +87,7 @@ def load_for_inference(
     else:
         model = load_causal_lm(str(target), **load)
         info["base_model"] = (read_meta(folder) if folder else {}).get("base_model", str(target))
+    info["system_prompt"] = (read_meta(folder) if folder else {}).get("system_prompt")
     has_tokenizer = folder is not None and (folder / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(str(folder) if has_tokenizer else info["base_model"], trust_remote_code)
     if quantization_bit is None:

@@ -126,6 +126,7 @@ def run_training(
         max_length=config.data.max_seq_length,
         train_on_prompt=config.data.train_on_prompt,
         last_turn_only=config.data.last_turn_only,
+        system_prompt=config.data.default_system_prompt,
     )
     train_split = encode_records(read_canonical(config.data.train_file, limit), tokenizer, **encode)
     if not train_split.examples:
@@ -194,6 +195,7 @@ def run_training(
     meta = {
         "base_model": config.model.model_name_or_path,
         "finetuning_type": config.training.finetuning_type,
+        "system_prompt": config.data.default_system_prompt,
         "train_file": config.data.train_file,
         "train_examples": len(train_split.examples),
         "config": config.model_dump(),

@@ -1,0 +1,471 @@
+"""Fetch raw datasets into data/raw/<name>/, each with a source.json that preprocessing reads.
+
+Per dataset: resolve its registry entry -> fetch its files into a cache (the Hugging Face cache
+for hub repos, qwentune's download cache for URLs; local files are read where they are) ->
+place them in data/raw/<name>/ (hard link or copy; the first N rows with max_samples) ->
+write source.json:
+
+    {"name", "description", "language", "licence", "format", "source", "max_samples",
+     "files": [{"path", "format", "origin", "bytes", "sha256", "rows"}], "rows", "downloaded_at"}
+
+`files[].format` is the file's format when the registry knows it (null: detect it).
+Hub access goes through huggingface_hub, so HF_ENDPOINT (mirrors), HF_HOME, HF_TOKEN and
+HF_HUB_OFFLINE work as they do everywhere else, and an interrupted transfer resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import get_session, snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+from huggingface_hub.file_download import http_get
+from huggingface_hub.utils import filter_repo_objects
+
+from qwentune import __version__
+from qwentune.config.base import ConfigError
+from qwentune.console import console, notice
+from qwentune.data.registry import DEMO_DATASET, DatasetEntry, FileSpec, Registry, load_registry, registry_table
+from qwentune.paths import RAW_DATA_DIR
+
+MIRROR_EXAMPLE = "https://hf-mirror.com"
+PROBE_TIMEOUT_S = 10
+
+
+class DownloadError(RuntimeError):
+    """A dataset that could not be fetched; the message says what failed."""
+
+
+class NetworkUnavailable(DownloadError):
+    """The server holding a dataset could not be reached (or --offline forbade trying)."""
+
+    def __init__(self, server: str, reason: str):
+        super().__init__(f"{server} could not be reached ({reason})")
+        self.server = server
+        self.reason = reason
+
+
+@dataclass
+class DownloadResult:
+    name: str
+    ok: bool
+    output_dir: Path | None = None
+    files: list[dict] = field(default_factory=list)
+    rows: int | None = None
+    error: str | None = None
+    network_error: bool = False
+    fallback: bool = False  # the demo data, taken because the network brought none of the requested datasets
+    entry: DatasetEntry | None = None
+
+
+@dataclass
+class FetchedFile:
+    local_path: Path
+    name: str  # file name in data/raw/<dataset>/
+    origin: str
+    format: str | None
+
+
+# --- files with rows: count them, or keep the first N -------------------------------------------
+
+
+class JsonLinesFile:
+    def count(self, path: Path) -> int:
+        with path.open("rb") as handle:
+            return sum(1 for line in handle if line.strip())
+
+    def head(self, source: Path, target: Path, limit: int) -> int:
+        kept = 0
+        with source.open("rb") as reader, target.open("wb") as writer:
+            for line in reader:
+                if kept == limit:
+                    break
+                if line.strip():
+                    writer.write(line if line.endswith(b"\n") else line + b"\n")
+                    kept += 1
+        return kept
+
+
+class JsonFile:
+    """A JSON array (Alpaca style) or, despite the suffix, JSON lines (BELLE's .json files are)."""
+
+    lines = JsonLinesFile()
+
+    def _is_array(self, path: Path) -> bool:
+        with path.open("rb") as handle:
+            return handle.read(4096).lstrip()[:1] == b"["
+
+    def count(self, path: Path) -> int:
+        if not self._is_array(path):
+            return self.lines.count(path)
+        with path.open(encoding="utf-8") as handle:
+            return len(json.load(handle))
+
+    def head(self, source: Path, target: Path, limit: int) -> int:
+        if not self._is_array(source):
+            return self.lines.head(source, target, limit)
+        with source.open(encoding="utf-8") as handle:
+            records = json.load(handle)[:limit]
+        target.write_text(json.dumps(records, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        return len(records)
+
+
+class ParquetFile:
+    def count(self, path: Path) -> int:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+
+    def head(self, source: Path, target: Path, limit: int) -> int:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(source)
+        batch = next(parquet.iter_batches(batch_size=limit), None)
+        table = pa.Table.from_batches([batch]) if batch is not None else parquet.schema_arrow.empty_table()
+        pq.write_table(table, target)
+        return table.num_rows
+
+
+# Data files by suffix; also what "every data file" of a repo or folder means.
+ROW_FILES = {".json": JsonFile(), ".jsonl": JsonLinesFile(), ".parquet": ParquetFile()}
+EVERY_DATA_FILE = [FileSpec(path=f"*{suffix}") for suffix in ROW_FILES]
+
+
+# --- fetching: each source kind brings its files into a cache or finds them on disk ---------------
+
+
+class Network:
+    """What this run may reach: --offline forbids it all; each server is probed at most once."""
+
+    def __init__(self, offline: bool):
+        self.offline = offline
+        self._unreachable: dict[str, str | None] = {}
+
+    @staticmethod
+    def hub_endpoint() -> str:
+        # huggingface_hub reads HF_ENDPOINT once, at import; read it per call so a value set
+        # later in the process (a notebook, quick_start) is honoured too.
+        return (os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT).rstrip("/")
+
+    def require(self, url: str) -> None:
+        server = "{0.scheme}://{0.netloc}".format(urlsplit(url))
+        if self.offline:
+            raise NetworkUnavailable(server, "--offline forbids the network, and it was not downloaded before")
+        if server not in self._unreachable:
+            self._unreachable[server] = self._probe(server)
+        if self._unreachable[server]:
+            raise NetworkUnavailable(server, self._unreachable[server])
+
+    @staticmethod
+    def _probe(server: str) -> str | None:
+        """None when the server answers at all, whatever the status; else why not."""
+        try:
+            get_session().head(server, timeout=PROBE_TIMEOUT_S, follow_redirects=True)
+        except Exception as exc:  # the hub client's transport errors differ between huggingface_hub versions
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+
+def _select(available: list[str], specs: list[FileSpec], where: str) -> list[tuple[str, FileSpec]]:
+    """Files matching each spec (exact name or glob, matched as snapshot_download does); none is an error."""
+    chosen: dict[str, FileSpec] = {}
+    for spec in specs:
+        matches = sorted(filter_repo_objects(available, allow_patterns=[spec.path]))
+        if not matches:
+            raise DownloadError(f"no file in {where} matches '{spec.path}'")
+        for match in matches:
+            chosen.setdefault(match, spec)
+    return list(chosen.items())
+
+
+def _files_under(folder: Path) -> list[str]:
+    return [path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()]
+
+
+def fetch_hub(entry: DatasetEntry, network: Network) -> list[FetchedFile]:
+    source = entry.source
+    endpoint = network.hub_endpoint()
+    specs = source.files or EVERY_DATA_FILE
+    try:
+        # Offline, snapshot_download answers from the cache alone; online it checks the repo, then
+        # downloads what is missing (resuming a dropped transfer) with a progress bar.
+        snapshot = Path(
+            snapshot_download(
+                source.hub,
+                repo_type="dataset",
+                revision=source.revision,
+                allow_patterns=[spec.path for spec in specs],
+                endpoint=endpoint,
+                local_files_only=network.offline,
+            )
+        )
+    except LocalEntryNotFoundError as exc:
+        if network.offline:
+            raise NetworkUnavailable(endpoint, "--offline, and it is not in the Hugging Face cache") from None
+        cause = exc.__cause__ or exc
+        raise NetworkUnavailable(endpoint, f"{type(cause).__name__}: {cause}") from None
+    except RepositoryNotFoundError:
+        raise DownloadError(f"dataset repo '{source.hub}' not found on {endpoint} (private, gated or misspelt?)") from None
+    commit = snapshot.name  # snapshot folders are named by the commit they hold
+    try:
+        chosen = _select(_files_under(snapshot), specs, f"{source.hub} (commit {commit})")
+    except DownloadError as exc:
+        if network.offline:  # the cache holds only part of the dataset
+            raise NetworkUnavailable(endpoint, f"--offline, and the Hugging Face cache lacks a file: {exc}") from None
+        raise
+    return [
+        FetchedFile(
+            local_path=snapshot / relative,
+            name=Path(relative).name,
+            origin=f"{endpoint}/datasets/{source.hub}/blob/{commit}/{relative}",
+            format=entry.file_format(spec),
+        )
+        for relative, spec in chosen
+    ]
+
+
+def download_cache() -> Path:
+    """Where URL downloads are kept, so a second run (or --offline) finds them."""
+    root = os.environ.get("QWENTUNE_CACHE") or Path.home() / ".cache" / "qwentune"
+    return Path(root).expanduser() / "downloads"
+
+
+def fetch_url(entry: DatasetEntry, network: Network) -> list[FetchedFile]:
+    url = entry.source.url
+    file_name = Path(urlsplit(url).path).name or "data"
+    target = download_cache() / hashlib.sha256(url.encode()).hexdigest()[:16] / file_name
+    if not target.is_file():
+        network.require(url)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".part")
+        # Append mode: a .part left by an interrupted run is resumed with a Range request.
+        with partial.open("ab") as handle:
+            http_get(url, handle, resume_size=handle.tell(), displayed_filename=file_name)
+        partial.replace(target)
+    return [FetchedFile(local_path=target, name=file_name, origin=url, format=entry.format)]
+
+
+def fetch_local(entry: DatasetEntry, network: Network) -> list[FetchedFile]:
+    root = entry.source.local
+    if root.is_file():
+        return [FetchedFile(local_path=root, name=root.name, origin=str(root), format=entry.format)]
+    if not root.is_dir():
+        raise DownloadError(f"local source {root} does not exist")
+    chosen = _select(_files_under(root), entry.source.files or EVERY_DATA_FILE, str(root))
+    return [
+        FetchedFile(local_path=root / relative, name=Path(relative).name, origin=str(root / relative),
+                    format=entry.file_format(spec))
+        for relative, spec in chosen
+    ]
+
+
+FETCHERS = {"hub": fetch_hub, "url": fetch_url, "local": fetch_local}
+
+
+# --- placing files in data/raw/<name>/ and describing them ------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    # A hard link costs no space (firefly is 1.2 GB) and is safe because files are only ever
+    # replaced by rename, never written in place; another filesystem needs a copy.
+    try:
+        os.link(os.path.realpath(source), target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def place(fetched: FetchedFile, folder: Path, max_samples: int | None) -> dict:
+    target = folder / fetched.name
+    handler = ROW_FILES.get(target.suffix)
+    if fetched.local_path.resolve() != target.resolve():  # else: a local source that is already in place
+        staging = target.with_name(target.name + ".tmp")
+        staging.unlink(missing_ok=True)
+        if max_samples is not None and handler is not None:
+            handler.head(fetched.local_path, staging, max_samples)
+        else:
+            _link_or_copy(fetched.local_path, staging)
+        os.replace(staging, target)
+    return {
+        "path": fetched.name,
+        "format": fetched.format,
+        "origin": fetched.origin,
+        "bytes": target.stat().st_size,
+        "sha256": _sha256(target),
+        "rows": handler.count(target) if handler is not None else None,
+    }
+
+
+def _download_one(name: str, entry: DatasetEntry, raw_dir: Path, network: Network,
+                  max_samples: int | None) -> DownloadResult:
+    console.print(f"[bold]{name}[/bold]: {entry.source.describe()}")
+    try:
+        fetched = FETCHERS[entry.source.kind](entry, network)
+        names = [item.name for item in fetched]
+        if len(set(names)) != len(names):
+            raise DownloadError(f"two files share a name in {names}; list the files to take in the registry entry")
+        folder = raw_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        files = [place(item, folder, max_samples) for item in fetched]
+    except NetworkUnavailable as exc:
+        console.print("  [red]failed[/red]: network")
+        return DownloadResult(name, ok=False, error=str(exc), network_error=True, entry=entry)
+    except Exception as exc:  # one dataset's failure must not stop the others; the message names it
+        console.print("  [red]failed[/red]")
+        return DownloadResult(name, ok=False, error=f"{type(exc).__name__}: {exc}", entry=entry)
+    rows = [item["rows"] for item in files]
+    total = sum(rows) if None not in rows else None
+    record = {
+        "name": name,
+        "description": entry.description,
+        "language": entry.language,
+        "licence": entry.licence,
+        "format": entry.format,
+        "source": entry.source.model_dump(mode="json", exclude_none=True),
+        "max_samples": max_samples,
+        "files": files,
+        "rows": total,
+        "downloaded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "qwentune_version": __version__,
+    }
+    (folder / "source.json").write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    shown_rows = f"{total:,} rows" if total is not None else "rows unknown"
+    console.print(f"  [green]ok[/green] {folder}/  ({len(files)} files, {shown_rows})")
+    return DownloadResult(name, ok=True, output_dir=folder, files=files, rows=total, entry=entry)
+
+
+def download_datasets(
+    names: list[str],
+    raw_dir: str | Path = RAW_DATA_DIR,
+    *,
+    max_samples: int | None = None,
+    offline: bool = False,
+    registry: Registry | None = None,
+    fallback_to_demo: bool = False,
+) -> list[DownloadResult]:
+    """Fetch each dataset (a registered name, a local path or a hub id) into raw_dir/<name>/.
+
+    Failures come back as results with ok=False rather than exceptions, so one bad dataset does
+    not cost the others; an unknown name raises RegistryError before anything is fetched.
+    offline: touch no network (caches and local files only); with no names, the demo data.
+    fallback_to_demo: when the network brought none of the datasets, place the demo data instead.
+    """
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be at least 1 (got {max_samples})")
+    registry = registry or load_registry()
+    names = list(names) or ([DEMO_DATASET] if offline else [])
+    if not names:
+        raise DownloadError("no dataset named: give --datasets NAME [NAME ...], --all, or --list to see them")
+    targets = [registry.resolve(name) for name in names]
+    raw_dir, network = Path(raw_dir), Network(offline)
+    results = [_download_one(name, entry, raw_dir, network, max_samples) for name, entry in targets]
+    if fallback_to_demo and all(result.network_error for result in results):
+        demo = _download_one(DEMO_DATASET, registry.entries[DEMO_DATASET], raw_dir, network, max_samples)
+        demo.fallback = True
+        results.append(demo)
+    if any(result.name == DEMO_DATASET and result.ok for result in results):
+        notice(
+            f"using qwentune's built-in demo data ({raw_dir / DEMO_DATASET}/): a small sample to try the "
+            "pipeline end to end offline, not a real training set"
+        )
+    return results
+
+
+# --- the command -------------------------------------------------------------------------------------
+
+
+def explain_failures(failures: list[DownloadResult], raw_dir: Path) -> str:
+    """One message for everything that failed: what, why, and what to do about it."""
+    lines = []
+    unreachable = [result for result in failures if result.network_error]
+    if unreachable:
+        reasons = sorted({result.error for result in unreachable})
+        lines.append(f"Could not download {', '.join(r.name for r in unreachable)}: {'; '.join(reasons)}.")
+        lines.append("To go on, either:")
+        if any(result.entry.source.kind == "hub" for result in unreachable):
+            lines.append(f"  - use a Hugging Face mirror: export HF_ENDPOINT={MIRROR_EXAMPLE} and run the same command")
+        lines.append(f"  - or put the files in {raw_dir}/<name>/ yourself:")
+        for result in unreachable:
+            lines.append(f"      {result.name}: {_where_to_get(result.entry)}")
+        lines.append("  - or run with --offline to use the built-in demo data")
+    for result in failures:
+        if not result.network_error:
+            lines.append(f"Could not download {result.name}: {result.error}")
+    return "\n".join(lines)
+
+
+def _where_to_get(entry: DatasetEntry) -> str:
+    source = entry.source
+    if source.kind == "hub":
+        files = ", ".join(spec.path for spec in source.files or EVERY_DATA_FILE)
+        return f"{files} from https://huggingface.co/datasets/{source.hub}"
+    return str(source.url or source.local)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--datasets", nargs="+", metavar="NAME",
+                       help="registered names (see --list), local files or folders, or hub ids owner/name")
+    which.add_argument("--all", action="store_true", help="every registered dataset (not the demo data)")
+    which.add_argument("--list", action="store_true", help="show the registered datasets and exit")
+    parser.add_argument("--output_dir", type=Path, default=RAW_DATA_DIR, help="where data/raw/<name>/ folders go")
+    parser.add_argument("--max_samples", type=_positive_int, default=None, help="keep only the first N rows of each file")
+    parser.add_argument("--offline", action="store_true",
+                        help="no network: use cached downloads and local files; alone, copy the built-in demo data")
+    parser.add_argument("--fallback_to_demo", action="store_true",
+                        help="if the network brings none of the datasets, use the built-in demo data instead")
+    parser.add_argument("--registry", type=Path, default=None,
+                        help="extra dataset registry (YAML or JSON); data/datasets.yaml is read when present")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    try:
+        registry = load_registry(*([args.registry] if args.registry else []))
+        if args.list:
+            console.print(registry_table(registry))
+            return 0
+        names = registry.all_names() if args.all else args.datasets or []
+        if not names and not args.offline:
+            console.print("Say which datasets to fetch: --datasets NAME [NAME ...], or --all. Available:")
+            console.print(registry_table(registry))
+            return 2
+        results = download_datasets(
+            names,
+            args.output_dir,
+            max_samples=args.max_samples,
+            offline=args.offline,
+            registry=registry,
+            fallback_to_demo=args.fallback_to_demo or args.offline,
+        )
+    except (ConfigError, DownloadError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    failures = [result for result in results if not result.ok]
+    fell_back = any(result.fallback and result.ok for result in results)
+    if failures:
+        console.print(explain_failures(failures, args.output_dir), style="yellow" if fell_back else "red")
+    return 0 if not failures or fell_back else 1

@@ -1,0 +1,161 @@
+"""The canonical record every format converts into, and the reject that explains a dropped one.
+
+    {"id": "...", "source": "alpaca_gpt4_data", "lang": "en",
+     "messages": [{"role": "system|user|assistant|tool", "content": "..."}],
+     "meta": {}}
+
+A raw record may pin its split with a top-level "split" key; it is kept in meta["split"].
+Each record also carries its `origin` (file, line, raw record) through the pipeline so that a
+record dropped late (a duplicate, over a cap) still lands in rejects.jsonl with where it came
+from; the origin is never written into the processed splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from qwentune.data.lang import detect_lang
+
+ROLES = ("system", "user", "assistant", "tool")
+SPLITS = ("train", "validation", "test")
+LANGS = ("zh", "en")
+
+# Names people give the held-out splits; a pinned split is stored under our name.
+SPLIT_ALIASES = {
+    "train": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+}
+
+
+class InvalidRecord(ValueError):
+    """A raw record that cannot become a canonical record; `reason` is the rejects.jsonl key."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class Origin:
+    """Where a record came from: file relative to the input folder, 1-based line (or row), raw record."""
+
+    file: str
+    line: int | None
+    raw: Any
+
+
+@dataclass(slots=True)
+class Record:
+    id: str
+    source: str
+    lang: str
+    messages: list[dict]
+    meta: dict = field(default_factory=dict)
+    origin: Origin | None = None
+
+    @property
+    def pinned_split(self) -> str | None:
+        return self.meta.get("split")
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "source": self.source, "lang": self.lang, "messages": self.messages, "meta": self.meta}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+
+@dataclass(slots=True)
+class Reject:
+    """A record that ends in rejects.jsonl instead of a split."""
+
+    source: str
+    file: str
+    line: int | None
+    reason: str
+    detail: str
+    original: Any
+
+    @classmethod
+    def of(cls, record: Record, reason: str, detail: str) -> Reject:
+        origin = record.origin or Origin(file="", line=None, raw=record.to_dict())
+        return cls(record.source, origin.file, origin.line, reason, detail, origin.raw)
+
+    def to_dict(self) -> dict:
+        return {
+            "file": self.file,
+            "line": self.line,
+            "source": self.source,
+            "reason": self.reason,
+            "detail": self.detail,
+            "original": self.original,
+        }
+
+
+def conversation_text(messages: list[dict]) -> str:
+    """The user and assistant text of a conversation: what its language is judged on."""
+    return "\n".join(m["content"] for m in messages if m["role"] in ("user", "assistant"))
+
+
+def stable_id(source: str, messages: list[dict]) -> str:
+    """Content id for records whose source gives none: same source and messages, same id."""
+    payload = source + "\x00" + json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.blake2b(payload.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def normalise_split(value: Any) -> str:
+    split = SPLIT_ALIASES.get(str(value).strip().lower()) if isinstance(value, str) else None
+    if split is None:
+        raise InvalidRecord("invalid_split", f"split must be one of {', '.join(SPLITS)}; got {value!r}")
+    return split
+
+
+def _check_messages(messages: Any) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRecord("empty_conversation", "the record has no messages")
+    checked = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRecord("wrong_type", f"message {index} is not an object")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise InvalidRecord("unknown_role", f"message {index} has role {role!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise InvalidRecord("wrong_type", f"message {index} ({role}) content is {type(content).__name__}, not text")
+        if role == "system" and index != 0:
+            # Chat templates place the system prompt first; anywhere else it would be silently moved or lost.
+            raise InvalidRecord("misplaced_system", f"system message at position {index}; only the first may be system")
+        checked.append({"role": role, "content": content})
+    return checked
+
+
+def make_record(
+    messages: Any,
+    *,
+    source: str,
+    id: Any = None,
+    meta: dict | None = None,
+    split: Any = None,
+    lang: str | None = None,
+    origin: Origin | None = None,
+) -> Record:
+    """Validate `messages` and build a record; raises InvalidRecord with a reason and a sentence.
+
+    `id` is kept when the source has one (as text); otherwise a content hash.
+    `lang` is detected from the user and assistant text unless a valid one is given.
+    """
+    checked = _check_messages(messages)
+    meta = dict(meta or {})
+    if split is not None:
+        meta["split"] = normalise_split(split)
+    record_id = str(id) if id is not None and str(id) != "" else stable_id(source, checked)
+    if lang not in LANGS:
+        lang = detect_lang(conversation_text(checked))
+    return Record(id=record_id, source=source, lang=lang, messages=checked, meta=meta, origin=origin)
