@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     stages = parser.add_argument_group("stages (any combination; --full runs all)")
     for flag, help_text in [
         ("--status", "environment report: Python, torch, device, packages, embedded assets, data, checkpoints"),
-        ("--install", "install the requirements and fetch the embedded assets"),
+        ("--install", "install the requirements (pip) and fetch the embedded assets"),
         ("--download", "fetch datasets into data/raw (falls back to the bundled demo data when offline)"),
         ("--preprocess", "convert, clean and split data/raw into data/processed"),
         ("--train", "fine-tune with the training config"),
@@ -107,16 +106,11 @@ def print_status() -> int:
 # --- stages -----------------------------------------------------------------------------------------
 
 def install() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        notice("torch is not installed: installing the default build for this platform (see README for CPU/CUDA builds)")
-        subprocess.run([sys.executable, "-m", "pip", "install", "torch"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-r", "requirements.txt"], check=True)
+    """The requirements were installed by quick_start.py before this module could load; fetch the assets."""
     from qwentune.assets import ASSETS, asset_path
 
     for key in ASSETS:
-        asset_path(key)
+        console.print(f"embedded asset {key}: {asset_path(key)}")
 
 
 def download(datasets: list[str]) -> None:

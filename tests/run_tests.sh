@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command: installs what the suite needs on a fresh machine, then runs it.
+#   bash tests/run_tests.sh            # whole suite
+#   bash tests/run_tests.sh -k config  # any pytest arguments
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+# torch first, and only the tested CPU-capable release: an open requirement would pull a multi-GB CUDA build.
+if ! "$PYTHON" -c "import torch" 2>/dev/null; then
+  "$PYTHON" -m pip install --quiet "torch==2.13.0"
+fi
+"$PYTHON" -m pip install --quiet -e ".[dev]"
+
+# Debian's Chromium for the report's browser test (no downloaded browser); skipped where apt is unavailable.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "warning: could not install chromium; the browser test will be skipped"
+fi
+
+exec "$PYTHON" -m pytest -q "$@"
