@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from qwentune.config.base import ConfigError, load_config
 from qwentune.config.evaluation import EvalConfig
-from qwentune.console import console, notice
+from qwentune.console import console, error, notice
 from qwentune.evaluate import metrics
 
 TUNED, BASE = "tuned", "base"
@@ -38,7 +38,7 @@ def run_cli(args: argparse.Namespace) -> int:
         config = load_config(EvalConfig, args.config, args.overrides)
         config = select_datasets(config, args.datasets, args.max_samples)
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        error(str(exc))
         return 2
     run_evaluation(config)
     return 0
