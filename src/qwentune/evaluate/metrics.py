@@ -2,19 +2,24 @@
 
 Text metrics take parallel lists `predictions`, `references` and `langs` (one language code
 per sample, as in the canonical record: "zh" is Chinese, anything else is tokenized as
-English) and return plain JSON-ready dicts:
+English) and return plain JSON-ready dicts
 
     {"overall": ..., "by_lang": {lang: ...}, "per_sample": [... in input order]}
 
-A metric that cannot be computed is `{"available": False, "reason": "..."}`, never a 0.
+(diversity has no per-sample value; perplexity returns corpus totals). A metric that cannot
+be computed is `{"available": False, "reason": "..."}`, never a 0.
 
 Edge cases, one rule for every text metric:
 - an empty or whitespace-only prediction or reference scores 0: there is nothing to match,
   so even an empty prediction against an empty reference scores 0, not a perfect score;
-- identical non-empty strings score the maximum (BLEU 100, ROUGE 1, BERTScore ~1);
+- identical strings score the maximum (BLEU 100, ROUGE 1, BERTScore ~1) when the tokenizer
+  finds tokens in them; corpus BLEU of texts shorter than four tokens is 0 (no 4-grams),
+  while sentence BLEU uses the effective order and gives 100;
 - emoji are kept as tokens by sacrebleu and by the Chinese character tokenizer, dropped by
   rouge-score's English tokenizer (it keeps only [a-z0-9]) and read as [UNK] by MiniLM;
-- a mixed Chinese/English text is tokenized by its record's language;
+- a mixed Chinese/English text is tokenized by its record's language: in a Chinese record,
+  English words stay whole for sacrebleu's 'zh' tokenizer but are split into letters for
+  ROUGE and diversity (SPEC §6: tokens are characters for Chinese);
 - long texts are scored whole, except by BERTScore, whose encoder reads at most its
   maximum length (512 tokens for MiniLM); ROUGE-L's LCS is quadratic in the token counts.
 """
@@ -128,11 +133,13 @@ def bleu(predictions: Sequence[str], references: Sequence[str], langs: Sequence[
     """Corpus BLEU per language and overall, sentence BLEU per sample (all 0-100).
 
     Overall for a mixed-language corpus: sacrebleu tokenizes a whole corpus one way, and
-    neither choice fits both languages ('13a' leaves a Chinese sentence as one token, 'zh'
-    would also be applied to English). So each sample is tokenized by its own language and
-    BLEU is computed once from the pooled n-gram statistics (matches and totals per order,
-    hypothesis and reference lengths). That is exactly corpus BLEU over all samples with a
-    per-sample tokenizer, and it equals the language's own score when there is one language.
+    neither way fits both languages: '13a' leaves an unspaced Chinese sentence as one token,
+    and 'zh' tokenizes English unlike '13a' (it splits off dashes and curly quotes, and does
+    not unescape HTML entities), so English samples would count differently in the overall
+    than in their own group. Instead each sample is tokenized by its own language and BLEU
+    is computed once from the pooled n-gram statistics (matches and totals per order,
+    hypothesis and reference lengths): corpus BLEU over all samples with a per-sample
+    tokenizer, equal to the language's own score when there is one language.
     """
     _check_parallel(predictions=predictions, references=references, langs=langs)
     by_lang: dict[str, float] = {}
@@ -253,7 +260,7 @@ def bertscore(
     }
     scored = [value for value in per_sample if is_available(value)]
     return {
-        "overall": fmean(scored) if scored else not_available("no sample in a language the BERTScore encoder covers"),
+        "overall": fmean(scored) if scored else not_available("no sample in a language the encoder covers"),
         "by_lang": by_lang,
         "per_sample": per_sample,
         "n_scored": len(scored),

@@ -43,8 +43,10 @@ A metric value is a number or the `{"available": False, "reason": ...}` marker o
   tuned - base delta on the tuned rows and the reason on rows that are not available;
 - predictions.jsonl: one line per sample, as in "samples";
 - evaluation_report.html: one self-contained file (no network: inline CSS, vanilla JS and
-  SVG charts). The data is embedded as JSON and rendered with textContent only, so no
-  text from a model or a dataset is ever parsed as HTML.
+  SVG charts) with the summary, charts, definitions and a searchable, sortable sample
+  table (per sample it shows sentence BLEU, ROUGE-L and BERTScore). The data is embedded
+  as JSON and rendered with textContent only, so no text from a model or a dataset is
+  ever parsed as HTML.
 
 Non-finite numbers (an overflowing perplexity) are written as null: JSON has no NaN.
 """
@@ -66,6 +68,9 @@ PREDICTIONS = "predictions.jsonl"
 OVERALL = "overall"
 # Report order; metrics not listed here follow in the order they first appear.
 METRIC_ORDER = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore", "perplexity", "distinct_1", "distinct_2")
+# Per-sample scores shown in the HTML (a column per model and a histogram each); more would
+# crowd the table.
+SAMPLE_TABLE_METRICS = ("bleu", "rougeL", "bertscore")
 CSV_COLUMNS = ("dataset", "model", "metric", "value", "delta_vs_base", "better", "not_available_reason")
 
 
@@ -136,12 +141,14 @@ def _to_json(value, **kwargs) -> str:
 
 
 def csv_rows(results: dict) -> list[dict]:
+    """The tidy CSV table: one row per dataset (then "overall") x model x reported metric."""
     deltas = results.get("deltas") or {}
+    names = metric_names(results)
     rows = []
     for dataset, by_model in _metric_blocks(results).items():
         for model in results["models"]:
             values = by_model.get(model, {})
-            for metric in metric_names(results):
+            for metric in names:
                 if metric not in values:
                     continue
                 value = values[metric]
@@ -179,30 +186,33 @@ def render_html(results: dict) -> str:
         "metric_names": metric_names(results),
         "lower_is_better": sorted(LOWER_IS_BETTER),
         "overall": OVERALL,
+        "sample_metrics": list(SAMPLE_TABLE_METRICS),
     }
     return _HTML_TEMPLATE.replace("__REPORT_DATA__", _escape_for_script(_to_json(payload)))
 
 
-def write_reports(results: dict, out_dir) -> dict[str, Path]:
-    """Write the four reports into `out_dir` (created if needed); returns their paths by kind."""
+def write_reports(results: dict, out_dir, *, save_predictions: bool = True, html: bool = True) -> dict[str, Path]:
+    """Write the reports into `out_dir` (created if needed); returns their paths by kind.
+
+    The JSON and CSV are always written; `save_predictions` and `html` follow the eval
+    config's `output.save_predictions` and `output.generate_report`.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     completed = complete_results(results)
-    paths = {
-        "json": out_dir / JSON_REPORT,
-        "csv": out_dir / CSV_REPORT,
-        "predictions": out_dir / PREDICTIONS,
-        "html": out_dir / HTML_REPORT,
-    }
+    paths = {"json": out_dir / JSON_REPORT, "csv": out_dir / CSV_REPORT}
     paths["json"].write_text(_to_json(completed, indent=2) + "\n", encoding="utf-8")
     with paths["csv"].open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(csv_rows(completed))
-    paths["predictions"].write_text(
-        "".join(_to_json(sample) + "\n" for sample in completed["samples"]), encoding="utf-8"
-    )
-    paths["html"].write_text(render_html(completed), encoding="utf-8")
+    if save_predictions:
+        paths["predictions"] = out_dir / PREDICTIONS
+        lines = "".join(_to_json(sample) + "\n" for sample in completed["samples"])
+        paths["predictions"].write_text(lines, encoding="utf-8")
+    if html:
+        paths["html"] = out_dir / HTML_REPORT
+        paths["html"].write_text(render_html(completed), encoding="utf-8")
     return paths
 
 
@@ -254,7 +264,7 @@ th { background: var(--soft); font-weight: 600; }
 .chart { border: 1px solid var(--line); border-radius: 8px; padding: 12px; }
 .chart svg { display: block; width: 100%; height: auto; overflow: visible; }
 .chart text { font-size: 11px; fill: var(--muted); }
-.chart text.value { fill: var(--text); }
+.chart text.value { fill: var(--text); font-size: 9.5px; }
 .chart .grid { stroke: #eaeef2; }
 .chart .axis { stroke: var(--line); }
 .wide { grid-column: 1 / -1; }
@@ -265,11 +275,13 @@ dl.definitions dd { margin: 2px 0 0; color: var(--muted); max-width: 960px; }
 .controls input { flex: 1 1 280px; }
 .count { color: var(--muted); font-size: 13px; }
 .samples-wrap { overflow-x: auto; }
+.samples { font-size: 13px; }
+.samples th, .samples td { padding: 6px 7px; }
 .samples th { cursor: pointer; user-select: none; position: sticky; top: 0; white-space: nowrap; }
 .samples th small { display: block; font-weight: 400; color: var(--muted); }
 .samples th[aria-sort="ascending"]::after { content: " \25B2"; font-size: 10px; }
 .samples th[aria-sort="descending"]::after { content: " \25BC"; font-size: 10px; }
-.samples td.text { min-width: 220px; max-width: 360px; }
+.samples td.text { min-width: 150px; max-width: 340px; }
 .samples td.text div { max-height: 12em; overflow: auto; white-space: pre-wrap; overflow-wrap: anywhere; }
 .samples td.tag { white-space: nowrap; color: var(--muted); font-size: 13px; }
 .empty { color: var(--muted); font-style: italic; }
@@ -312,7 +324,7 @@ const LABELS = {
   perplexity: "Perplexity", distinct_1: "Distinct-1", distinct_2: "Distinct-2",
 };
 // Known ranges give comparable histograms; other per-sample scores use their own maximum.
-const RANGES = { bleu: 100, rouge1: 1, rouge2: 1, rougeL: 1, bertscore: 1 };
+const RANGES = { bleu: 100, rouge1: 1, rouge2: 1, rougeL: 1, bertscore: 1, distinct_1: 1, distinct_2: 1 };
 const lowerIsBetter = new Set(view.lower_is_better);
 const datasetNames = Object.keys(data.datasets);
 
@@ -327,6 +339,8 @@ function fmt(value) {
   const size = Math.abs(value);
   return value.toFixed(size >= 100 ? 1 : size >= 10 ? 2 : 3);
 }
+// Three significant digits: fits above a bar.
+function fmtShort(value) { return Math.abs(value) >= 1000 ? value.toFixed(0) : String(+value.toPrecision(3)); }
 function el(tag, attrs, parent, text) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
@@ -346,8 +360,10 @@ function valueNode(value, parent) {
   return el("span", { class: "na", title: reasonOf(value) }, parent, "n/a");
 }
 function promptText(prompt) {
-  if (Array.isArray(prompt)) return prompt.map((m) => `${m.role}: ${m.content}`).join("\n\n");
-  return prompt == null ? "" : String(prompt);
+  if (!Array.isArray(prompt)) return prompt == null ? "" : String(prompt);
+  // A lone user message is the prompt itself; a conversation shows who said what.
+  if (prompt.length === 1 && prompt[0].role === "user") return String(prompt[0].content);
+  return prompt.map((m) => `${m.role}: ${m.content}`).join("\n\n");
 }
 function formatDuration(seconds) {
   if (!isNumber(seconds)) return "n/a";
@@ -421,16 +437,20 @@ function chartFrame(container, title, wide) {
   el("h3", {}, box, title);
   return box;
 }
-function niceMax(value) {
-  if (!(value > 0)) return 1;
-  const step = Math.pow(10, Math.floor(Math.log10(value)));
-  return [1, 2, 2.5, 5, 10].map((k) => k * step).find((m) => m >= value);
+// Axis maximum and a round tick step (about four ticks) for values up to `value`;
+// counts get whole-number steps.
+function niceScale(value, counts) {
+  if (!(value > 0)) return { max: 1, step: counts ? 1 : 0.25 };
+  const raw = value / 4, magnitude = Math.pow(10, Math.floor(Math.log10(raw)));
+  const multiples = counts ? [1, 2, 5, 10] : [1, 2, 2.5, 5, 10];
+  const step = Math.max(counts ? 1 : 0, multiples.map((k) => k * magnitude).find((s) => s >= raw));
+  return { max: Math.ceil(value / step - 1e-9) * step, step };
 }
-function yAxis(plot, geometry, maxValue, ticks) {
-  for (let i = 0; i <= ticks; i++) {
-    const value = (maxValue * i) / ticks, y = geometry.y(value);
+function yAxis(plot, geometry, scale) {
+  for (let value = 0; value <= scale.max + 1e-9; value += scale.step) {
+    const y = geometry.y(value);
     svg("line", { class: "grid", x1: geometry.left, x2: geometry.right, y1: y, y2: y }, plot);
-    svg("text", { x: geometry.left - 6, y: y + 4, "text-anchor": "end" }, plot, fmt(value).replace(/\.?0+$/, ""));
+    svg("text", { x: geometry.left - 6, y: y + 4, "text-anchor": "end" }, plot, String(+value.toPrecision(6)));
   }
 }
 function geometryFor(width, height, maxValue, left) {
@@ -450,12 +470,14 @@ function renderMetricCharts() {
   for (const metric of view.metric_names) {
     const values = groups.map((block) => data.models.map((model) => ((metricsOf(block) || {})[model] || {})[metric]));
     const numbers = values.flat().filter(isNumber);
-    const maxValue = niceMax(Math.max(0, ...numbers) * 1.1);
+    let scale = niceScale(Math.max(0, ...numbers) * 1.1);
+    // Head-room for the labels must not push a 0-1 score's axis past 1.
+    if (RANGES[metric] && scale.max > RANGES[metric]) scale = { max: RANGES[metric], step: RANGES[metric] / 4 };
     const box = chartFrame(container, label(metric) + (lowerIsBetter.has(metric) ? " (lower is better)" : ""));
     const width = 320, height = 200;
     const plot = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": label(metric) }, box);
-    const geometry = geometryFor(width, height, maxValue, 40);
-    yAxis(plot, geometry, maxValue, 4);
+    const geometry = geometryFor(width, height, scale.max, 40);
+    yAxis(plot, geometry, scale);
     const groupWidth = (geometry.right - geometry.left) / groups.length;
     const barWidth = Math.min(28, (groupWidth * 0.75) / data.models.length);
     groups.forEach((block, g) => {
@@ -467,7 +489,7 @@ function renderMetricCharts() {
           const bar = svg("rect", { class: "bar", x, y, width: barWidth - 2, height: Math.max(1, geometry.bottom - y),
             fill: color(model, m), "data-model": model, "data-metric": metric }, plot);
           svg("title", {}, bar, `${block} · ${model}: ${fmt(value)}`);
-          svg("text", { class: "value", x: x + barWidth / 2 - 1, y: y - 3, "text-anchor": "middle" }, plot, fmt(value));
+          svg("text", { class: "value", x: x + barWidth / 2 - 1, y: y - 3, "text-anchor": "middle" }, plot, fmtShort(value));
         } else {
           const na = svg("text", { x: x + barWidth / 2, y: geometry.bottom - 4, "text-anchor": "middle" }, plot, "n/a");
           svg("title", {}, na, `${model}: ${reasonOf(value)}`);
@@ -481,13 +503,13 @@ function renderMetricCharts() {
   }
 }
 
+// The per-sample scores worth a column and a histogram; predictions.jsonl has them all.
 function sampleMetrics() {
   const seen = new Set();
   for (const sample of data.samples) {
     for (const scores of Object.values(sample.scores || {})) for (const key of Object.keys(scores)) seen.add(key);
   }
-  const order = view.metric_names;
-  return [...seen].sort((a, b) => (order.indexOf(a) + 1 || 99) - (order.indexOf(b) + 1 || 99));
+  return view.sample_metrics.filter((metric) => seen.has(metric));
 }
 
 function renderDistributions(metrics) {
@@ -499,19 +521,19 @@ function renderDistributions(metrics) {
       data.samples.map((s) => ((s.scores || {})[model] || {})[metric]).filter(isNumber));
     if (!perModel.some((values) => values.length)) continue;
     drawn++;
-    const top = RANGES[metric] || niceMax(Math.max(...perModel.flat()));
+    const top = RANGES[metric] || niceScale(Math.max(...perModel.flat())).max;
     const counts = perModel.map((values) => {
       const histogram = new Array(bins).fill(0);
       for (const v of values) histogram[Math.min(bins - 1, Math.max(0, Math.floor((v / top) * bins)))]++;
       return histogram;
     });
-    const maxCount = niceMax(Math.max(1, ...counts.flat()));
+    const scale = niceScale(Math.max(1, ...counts.flat()), true);
     const title = metric === "bleu" ? "Sentence BLEU" : label(metric);
     const box = chartFrame(container, `${title}: samples per score bin`);
     const width = 320, height = 200;
     const plot = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title }, box);
-    const geometry = geometryFor(width, height, maxCount, 34);
-    yAxis(plot, geometry, maxCount, 4);
+    const geometry = geometryFor(width, height, scale.max, 34);
+    yAxis(plot, geometry, scale);
     const binWidth = (geometry.right - geometry.left) / bins;
     counts.forEach((histogram, m) => {
       const model = data.models[m], barWidth = (binWidth - 2) / data.models.length;
@@ -542,13 +564,14 @@ function renderLossCurve() {
   const width = 900, height = 260;
   const all = series.flatMap((s) => s.points);
   const minStep = Math.min(...all.map((p) => p[0])), maxStep = Math.max(...all.map((p) => p[0]));
-  const maxLoss = niceMax(Math.max(...all.map((p) => p[1])));
+  const scale = niceScale(Math.max(...all.map((p) => p[1])));
   const plot = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "loss curve" }, box);
-  const geometry = geometryFor(width, height, maxLoss, 44);
+  const geometry = geometryFor(width, height, scale.max, 44);
   const x = (step) => geometry.left + ((geometry.right - geometry.left) * (step - minStep)) / Math.max(1, maxStep - minStep);
-  yAxis(plot, geometry, maxLoss, 4);
-  for (const step of [minStep, Math.round((minStep + maxStep) / 2), maxStep]) {
-    svg("text", { x: x(step), y: height - 10, "text-anchor": "middle" }, plot, `step ${step}`);
+  yAxis(plot, geometry, scale);
+  const stepTicks = [[minStep, "start"], [Math.round((minStep + maxStep) / 2), "middle"], [maxStep, "end"]];
+  for (const [step, anchor] of stepTicks) {
+    svg("text", { x: x(step), y: height - 10, "text-anchor": anchor }, plot, `step ${step}`);
   }
   series.forEach((s, index) => {
     const path = s.points.map(([step, loss], i) => `${i ? "L" : "M"}${x(step).toFixed(1)},${geometry.y(loss).toFixed(1)}`).join(" ");
