@@ -246,8 +246,13 @@ class _JsonValueStream:
 
     def fatal(self, detail: str) -> ReadFailure:
         text = self.buffer[self.position : self.position + 200]
-        return ReadFailure(line=self.line_at(self.position), reason="invalid_json",
-                           detail=f"{detail}; the rest of the file was not read", text=text, fatal=True)
+        return ReadFailure(
+            line=self.line_at(self.position),
+            reason="invalid_json",
+            detail=f"{detail}; the rest of the file was not read",
+            text=text,
+            fatal=True,
+        )
 
     def __iter__(self) -> Iterator[RawRecord | ReadFailure]:
         decoder = json.JSONDecoder()
@@ -276,7 +281,8 @@ class _JsonValueStream:
                 cut_off = exc.pos >= len(self.buffer) - _TRUNCATION_MARGIN or exc.msg.startswith("Unterminated")
                 if cut_off and self.refill():
                     continue
-                yield self.fatal(f"invalid JSON ({exc.msg}) near line {self.line_at(self.position) + self.buffer.count(chr(10), self.position, exc.pos)}")
+                error_line = self.line_at(self.position) + self.buffer.count("\n", self.position, exc.pos)
+                yield self.fatal(f"invalid JSON ({exc.msg}) near line {error_line}")
                 return
             if end == len(self.buffer) and self.refill():
                 continue

@@ -69,7 +69,7 @@ class Record:
         return {"id": self.id, "source": self.source, "lang": self.lang, "messages": self.messages, "meta": self.meta}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False)
+        return json.dumps(self.to_dict(), ensure_ascii=False, default=str)
 
 
 @dataclass(slots=True)
@@ -106,8 +106,11 @@ def conversation_text(messages: list[dict]) -> str:
 
 def stable_id(source: str, messages: list[dict]) -> str:
     """Content id for records whose source gives none: same source and messages, same id."""
-    payload = source + "\x00" + json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.blake2b(payload.encode("utf-8"), digest_size=8).hexdigest()
+    digest = hashlib.blake2b(source.encode("utf-8"), digest_size=8)
+    for message in messages:
+        # Separators that cannot occur in a role keep ("ab", "c") and ("a", "bc") apart.
+        digest.update(b"\x00" + message["role"].encode() + b"\x1f" + message["content"].encode("utf-8"))
+    return digest.hexdigest()
 
 
 def normalise_split(value: Any) -> str:
@@ -126,7 +129,9 @@ def _check_messages(messages: Any) -> list[dict]:
             raise InvalidRecord("wrong_type", f"message {index} is not an object")
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            raise InvalidRecord("unknown_role", f"message {index} has role {role!r}; expected one of {', '.join(ROLES)}")
+            raise InvalidRecord(
+                "unknown_role", f"message {index} has role {role!r}; expected one of {', '.join(ROLES)}"
+            )
         if not isinstance(content, str):
             raise InvalidRecord("wrong_type", f"message {index} ({role}) content is {type(content).__name__}, not text")
         if role == "system" and index != 0:
@@ -153,6 +158,7 @@ def make_record(
     """
     checked = _check_messages(messages)
     meta = dict(meta or {})
+    split = split if split is not None else meta.get("split")
     if split is not None:
         meta["split"] = normalise_split(split)
     record_id = str(id) if id is not None and str(id) != "" else stable_id(source, checked)

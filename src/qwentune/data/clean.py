@@ -1,0 +1,308 @@
+"""Cleaning: normalise records, then reject the ones no model should learn from.
+
+Each rule is a function of one record that returns why it fails (or None); its name is both
+the reason written to rejects.jsonl and the switch in the preprocess config's `cleaning:`
+block. The rules run in the order of RULES; a record is rejected for the first one it fails.
+Two checks need more than one record and live in their own components: the token length
+filter (TokenCounter: the tokenizer's chat template, batched, in worker processes) and
+exact-duplicate removal (Deduplicator: 8-byte content hashes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+
+from qwentune.data.record import Record, Reject
+
+# ---------------------------------------------------------------------------- normalising
+
+
+def normalise(record: Record, *, strip_whitespace: bool, template_values: dict[str, str]) -> Record:
+    """Strip surrounding whitespace of every turn (BELLE outputs start with a newline; Alpaca
+    instructions end with spaces) and fill `{{name}}`-style placeholders the config gives values for."""
+    for message in record.messages:
+        content = message["content"]
+        for key, value in template_values.items():
+            content = content.replace("{{" + key + "}}", value)
+        message["content"] = content.strip() if strip_whitespace else content
+    return record
+
+
+# ---------------------------------------------------------------------------- rules
+
+
+def _cp1252_continuations() -> str:
+    """The characters UTF-8 continuation bytes (0x80-0xBF) turn into when misread as cp1252/latin-1."""
+    chars = []
+    for byte in range(0x80, 0xC0):
+        try:
+            chars.append(bytes([byte]).decode("cp1252"))
+        except UnicodeDecodeError:
+            chars.append(bytes([byte]).decode("latin-1"))
+    return re.escape("".join(chars))
+
+
+_CONTINUATION = _cp1252_continuations()
+# UTF-8 read as cp1252 or latin-1: "Ã©" (é), "Â " (no-break space), "â€™" (’), "ä½ å¥½" (你好),
+# "ï¿½" (a replacement character); and "锟斤拷", U+FFFD pairs read back through GBK.
+_MOJIBAKE = re.compile(rf"[ÂÃ][{_CONTINUATION}]|â€[{_CONTINUATION}]|[äåæçè][{_CONTINUATION}]{{2}}|ï¿½|锟斤拷")
+# C0 controls except tab, newline and carriage return; DEL; C1 controls.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_PLACEHOLDER_START = re.compile(r"<\s*no\s*_?output\s*>", re.IGNORECASE)
+# Whole replies that only say "there is no answer" (compared lower-cased, end punctuation removed).
+_PLACEHOLDER_REPLIES = {"n/a", "n.a", "<noinput>", "<no input>", "no output", "nooutput", "无输出", "暂无回答"}
+_UNFILLED = re.compile(r"\{\{[A-Za-z_][A-Za-z0-9_]*\}\}")
+
+
+def broken_encoding(record: Record) -> str | None:
+    for message in record.messages:
+        if "\ufffd" in message["content"]:
+            return f"{message['role']} text holds U+FFFD (bytes that were not valid UTF-8)"
+        if match := _MOJIBAKE.search(message["content"]):
+            return f"{message['role']} text looks like mis-decoded UTF-8: {match.group()!r}"
+    return None
+
+
+def control_characters(record: Record) -> str | None:
+    for message in record.messages:
+        if match := _CONTROL.search(message["content"]):
+            return f"{message['role']} text holds control character U+{ord(match.group()):04X}"
+    return None
+
+
+def no_user_turn(record: Record) -> str | None:
+    if not any(message["role"] == "user" for message in record.messages):
+        return "the conversation has no user turn"
+    return None
+
+
+def not_ending_with_assistant(record: Record) -> str | None:
+    last = record.messages[-1]["role"]
+    return None if last == "assistant" else f"the conversation ends with a {last} turn, not an assistant reply"
+
+
+def empty_input(record: Record) -> str | None:
+    for index, message in enumerate(record.messages):
+        if message["role"] == "user" and not message["content"].strip():
+            return f"user turn {index} is empty"
+    return None
+
+
+def empty_output(record: Record) -> str | None:
+    for index, message in enumerate(record.messages):
+        if message["role"] == "assistant" and not message["content"].strip():
+            return f"assistant turn {index} is empty"
+    return None
+
+
+def placeholder_output(record: Record) -> str | None:
+    for index, message in enumerate(record.messages):
+        if message["role"] != "assistant":
+            continue
+        content = message["content"].strip()
+        if _PLACEHOLDER_START.match(content) or content.lower().rstrip(".。!！ ") in _PLACEHOLDER_REPLIES:
+            return f"assistant turn {index} is a placeholder: {content[:60]!r}"
+    return None
+
+
+def unfilled_template(record: Record) -> str | None:
+    for message in record.messages:
+        if match := _UNFILLED.search(message["content"]):
+            return f"{message['role']} text holds the unfilled placeholder {match.group()} (set template_values)"
+    return None
+
+
+Rule = Callable[[Record], "str | None"]
+RULES: dict[str, Rule] = {
+    rule.__name__: rule
+    for rule in (
+        broken_encoding,
+        control_characters,
+        no_user_turn,
+        not_ending_with_assistant,
+        empty_input,
+        empty_output,
+        placeholder_output,
+        unfilled_template,
+    )
+}
+
+
+def apply_rules(
+    items: Iterable[Record | Reject],
+    enabled: list[str],
+    *,
+    strip_whitespace: bool = True,
+    template_values: dict[str, str] | None = None,
+) -> Iterator[Record | Reject]:
+    """Normalise each record and reject it for the first enabled rule it fails; rejects pass through."""
+    rules = [(name, RULES[name]) for name in RULES if name in enabled]
+    template_values = template_values or {}
+    for item in items:
+        if isinstance(item, Reject):
+            yield item
+            continue
+        normalise(item, strip_whitespace=strip_whitespace, template_values=template_values)
+        for name, rule in rules:
+            if (detail := rule(item)) is not None:
+                yield Reject.of(item, name, detail)
+                break
+        else:
+            yield item
+
+
+# ---------------------------------------------------------------------------- token length
+
+_worker_tokenizer = None
+
+
+def _load_worker_tokenizer(tokenizer_path: str) -> None:
+    global _worker_tokenizer
+    from qwentune.data.tokenize import load_tokenizer
+
+    _worker_tokenizer = load_tokenizer(tokenizer_path)
+
+
+def count_tokens(tokenizer, conversations: list[list[dict]]) -> list[int | str]:
+    """Tokens of each conversation as rendered by the tokenizer's chat template (with the end-of-turn
+    tokens), or the template's error message when it cannot render one."""
+    from qwentune.data.tokenize import render
+
+    texts, results = [], []
+    for messages in conversations:
+        try:
+            texts.append(render(tokenizer, messages))
+            results.append(None)
+        except Exception as exc:  # a template may refuse a conversation; that is one record's problem
+            results.append(f"the chat template cannot render it: {exc}")
+    # The Rust tokenizer's batch call, asking only for lengths: no Python lists of ids are built,
+    # and the fast variant (tokenizers >= 0.20) skips the character offsets we do not need.
+    backend = tokenizer.backend_tokenizer
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    encodings = iter(encode(texts, add_special_tokens=False))
+    return [len(next(encodings)) if result is None else result for result in results]
+
+
+def _count_in_worker(conversations: list[list[dict]]) -> list[int | str]:
+    return count_tokens(_worker_tokenizer, conversations)
+
+
+class TokenCounter:
+    """Counts tokens of records in batches, in `num_workers` processes (0: in this process).
+
+    At most two batches per worker are in flight, so memory does not grow with the input;
+    results come back in input order, so the run is the same whatever the worker timing.
+    """
+
+    def __init__(self, tokenizer, tokenizer_path: str, num_workers: int, batch_size: int = 256):
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.pool = None
+        if num_workers > 0:
+            # fork where the platform has it: no re-import of the caller's main module.
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            context = multiprocessing.get_context(method)
+            self.pool = context.Pool(num_workers, initializer=_load_worker_tokenizer, initargs=(tokenizer_path,))
+        self.window = 2 * max(1, num_workers)
+
+    def __enter__(self) -> TokenCounter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+    def _submit(self, batch: list[Record]):
+        conversations = [record.messages for record in batch]
+        if self.pool is None:
+            return batch, count_tokens(self.tokenizer, conversations)
+        return batch, self.pool.apply_async(_count_in_worker, (conversations,))
+
+    @staticmethod
+    def _collect(pending) -> list[tuple[Record, int | str]]:
+        batch, result = pending
+        counts = result if isinstance(result, list) else result.get()
+        return list(zip(batch, counts, strict=True))
+
+    def stream(self, items: Iterable[Record | Reject]) -> Iterator[Record | Reject | tuple[Record, int | str]]:
+        """Rejects pass straight through; each record comes back as (record, tokens or error)."""
+        in_flight: deque = deque()
+        batch: list[Record] = []
+        for item in items:
+            if isinstance(item, Reject):
+                yield item
+                continue
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                in_flight.append(self._submit(batch))
+                batch = []
+                if len(in_flight) > self.window:
+                    yield from self._collect(in_flight.popleft())
+        if batch:
+            in_flight.append(self._submit(batch))
+        while in_flight:
+            yield from self._collect(in_flight.popleft())
+
+
+def length_filter(
+    counted: Iterable[Record | Reject | tuple[Record, int | str]],
+    *,
+    min_length: int,
+    max_length: int,
+    check_short: bool,
+    check_long: bool,
+    on_length: Callable[[int], None] = lambda tokens: None,
+) -> Iterator[Record | Reject]:
+    for item in counted:
+        if isinstance(item, Reject):
+            yield item
+            continue
+        record, tokens = item
+        if isinstance(tokens, str):
+            yield Reject.of(record, "template_error", tokens)
+            continue
+        on_length(tokens)
+        if check_short and tokens < min_length:
+            yield Reject.of(record, "too_short", f"{tokens} tokens < min_length {min_length}")
+        elif check_long and tokens > max_length:
+            yield Reject.of(record, "too_long", f"{tokens} tokens > max_length {max_length}")
+        else:
+            yield record
+
+
+# ---------------------------------------------------------------------------- duplicates
+
+
+def content_key(record: Record) -> int:
+    """8-byte hash of the roles and texts with runs of whitespace collapsed."""
+    digest = hashlib.blake2b(digest_size=8)
+    for message in record.messages:
+        digest.update(message["role"].encode())
+        digest.update(b"\x1f")
+        digest.update(" ".join(message["content"].split()).encode("utf-8"))
+        digest.update(b"\x1e")
+    return int.from_bytes(digest.digest(), "big")
+
+
+class Deduplicator:
+    """Keeps, of each set of exact duplicates, the record that sorts first by its order key.
+
+    Deciding by key instead of by arrival makes the kept copy independent of input order.
+    Memory: one dict entry per distinct conversation (two ints).
+    """
+
+    def __init__(self):
+        self.first: dict[int, int] = {}
+
+    def offer(self, content: int, order: int) -> None:
+        best = self.first.get(content)
+        if best is None or order < best:
+            self.first[content] = order
+
+    def keeps(self, content: int, order: int) -> bool:
+        return self.first.get(content) == order

@@ -1,0 +1,703 @@
+"""The preprocess stage: raw data files -> canonical, cleaned, split JSONL.
+
+    find files -> read (readers) -> detect format -> convert (formats) -> clean (clean)
+      -> count tokens (clean.TokenCounter) -> spool, decide, write (split.SplitWriter)
+
+Outputs in output_dir: train.jsonl, validation.jsonl, test.jsonl, chinese_test.jsonl (the
+Chinese records of test), rejects.jsonl (one line per dropped record: file, line, source,
+reason, detail, original) and stats.json. They are written under temporary names and renamed
+at the end, so a failed run leaves the previous outputs in place.
+
+Accounting. Every raw record read (a line, an array element, a Parquet row) becomes items:
+one per conversation a converter makes of it, or one reject. That is one item per record,
+except OASST, whose items are conversations (flat message rows are first grouped into
+trees). Per dataset, stats.json has `read` (raw records) and `in` (items), and always
+    in == train + validation + test + rejected.
+
+Problems. An *error* is something that makes the output incomplete or the run meaningless:
+no data files, a file that cannot be read (or read to its end), a file whose format cannot be
+detected, a configured dataset with no files, no record kept at all. A *warning* is
+worth reading but expected in real data: an empty file, a file with more than half its
+records rejected, an empty validation or test split. Rejected records themselves are
+counted, not problems. With validate_only nothing is written; either way the exit code is
+1 when there is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qwentune.config.base import ConfigError, apply_overrides, read_yaml, validate
+from qwentune.config.preprocess import PreprocessConfig
+from qwentune.console import console
+from qwentune.data import clean
+from qwentune.data.formats import DETECTION_SAMPLE, FORMATS, ConversionOptions, detect_format
+from qwentune.data.readers import MANIFEST_NAME, DataFile, RawRecord, ReadFailure, UnreadableFile, find_data_files
+from qwentune.data.record import SPLITS, Record, Reject
+from qwentune.data.split import CHINESE_TEST, Mixing, SourceCounts, SplitWriter
+
+OUTPUT_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl", "chinese_test.jsonl", "rejects.jsonl", "stats.json")
+_SPLIT_FILES = {
+    "train": "train.jsonl",
+    "validation": "validation.jsonl",
+    "test": "test.jsonl",
+    CHINESE_TEST: "chinese_test.jsonl",
+}
+
+
+@dataclass
+class Problem:
+    level: str  # "error" | "warning"
+    message: str
+    file: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"level": self.level, "file": self.file, "message": self.message}
+
+
+@dataclass
+class InputFile:
+    path: Path
+    name: str  # shown and written to rejects.jsonl: relative to input_dir where it lies there
+    source: str
+    format: str | None  # None: detect
+    format_from: str = "detected"  # detected | config | manifest
+    read: int = 0
+    items: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "file": self.name,
+            "source": self.source,
+            "format": self.format,
+            "format_from": self.format_from,
+            "read": self.read,
+            "in": self.items,
+        }
+
+
+@dataclass
+class PreprocessReport:
+    stats: dict
+    problems: list[Problem]
+    written: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.level == "error"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.errors else 0
+
+
+# ---------------------------------------------------------------------------- finding inputs
+
+
+def source_name(path: Path, root: Path) -> str:
+    """The dataset a file belongs to: its first folder under the input folder, or its file stem."""
+    relative = path.relative_to(root)
+    if len(relative.parts) > 1:
+        name = relative.parts[0]
+    else:
+        name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
+        name = name.rsplit(".", 1)[0]
+    # Tabs and newlines would break the spool's line format (and any table).
+    return "".join("_" if c in "\t\n\r" else c for c in name)
+
+
+def manifest_format(path: Path, root: Path) -> str | None:
+    """The format the download stage recorded for `path` in the nearest source.json between the
+    file's folder and `root`: {"format": f} for all its files, or {"files": [{"path": p, "format": f}]}
+    with paths relative to the manifest's folder."""
+    folder = path.parent
+    while True:
+        manifest = folder / MANIFEST_NAME
+        if manifest.is_file():
+            try:
+                data = json.loads(manifest.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            if not isinstance(data, dict):
+                return None
+            relative = path.relative_to(folder).as_posix()
+            for entry in data.get("files") or []:
+                if isinstance(entry, dict) and entry.get("path") == relative:  # a null format there: detect
+                    return entry["format"] if isinstance(entry.get("format"), str) else None
+            return data["format"] if isinstance(data.get("format"), str) else None
+        if folder == root or folder.parent == folder:
+            return None
+        folder = folder.parent
+
+
+def plan_inputs(config: PreprocessConfig) -> tuple[list[InputFile], list[Problem]]:
+    for name, options in config.datasets.items():
+        if options.format is not None and options.format not in FORMATS:
+            raise ConfigError(
+                f"datasets.{name}.format: unknown format '{options.format}'; known: {', '.join(sorted(FORMATS))}"
+            )
+    problems: list[Problem] = []
+    files: list[InputFile] = []
+    claimed: set[Path] = set()
+    output_dir = config.output_dir.resolve()
+
+    def is_output(resolved: Path, root: Path) -> bool:
+        """Our own outputs are not inputs when output_dir lies in (or is) a folder being scanned."""
+        if resolved.parent == output_dir and resolved.name in OUTPUT_FILES:
+            return True
+        return output_dir != root and output_dir.is_relative_to(root) and resolved.is_relative_to(output_dir)
+
+    def add(path: Path, root: Path, source: str, name: str) -> None:
+        resolved = path.resolve()
+        if resolved in claimed or is_output(resolved, root.resolve()):
+            return
+        claimed.add(resolved)
+        format_name, format_from = manifest_format(path, root), "manifest"
+        if format_name is None:
+            format_from = "detected"
+        elif format_name not in FORMATS:
+            problems.append(
+                Problem("warning", f"{MANIFEST_NAME} names unknown format '{format_name}'; detecting instead", name)
+            )
+            format_name, format_from = None, "detected"
+        options = config.datasets.get(source)
+        if options is not None and options.format is not None:
+            format_name, format_from = options.format, "config"
+        files.append(InputFile(path=path, name=name, source=source, format=format_name, format_from=format_from))
+
+    for name, options in config.datasets.items():
+        if options.path is None:
+            continue
+        if not options.path.exists():
+            problems.append(Problem("error", f"datasets.{name}.path does not exist: {options.path}"))
+            continue
+        root = options.path if options.path.is_dir() else options.path.parent
+        for path in find_data_files(options.path, config.exclude):
+            add(path, root, name, path.as_posix())
+    if config.input_dir.is_dir():
+        for path in find_data_files(config.input_dir, config.exclude):
+            name = path.relative_to(config.input_dir).as_posix()
+            add(path, config.input_dir, source_name(path, config.input_dir), name)
+    elif not any(options.path for options in config.datasets.values()):
+        problems.append(
+            Problem(
+                "error",
+                f"input folder not found: {config.input_dir} "
+                "(download data first: python data/download_data.py --datasets ...)",
+            )
+        )
+    sources = {file.source for file in files}
+    for name in config.datasets:
+        if name not in sources:
+            problems.append(Problem("error", f"dataset '{name}' is configured but no data file belongs to it"))
+    if not files and not any(p.level == "error" for p in problems):
+        problems.append(
+            Problem("error", f"no data files (.json, .jsonl, .parquet, optionally .gz) under {config.input_dir}")
+        )
+    return files, problems
+
+
+# ---------------------------------------------------------------------------- reading and converting
+
+
+class Intake:
+    """Reads every input file and converts its records, keeping per-file counts and problems."""
+
+    def __init__(self, files: list[InputFile], config: PreprocessConfig, problems: list[Problem]):
+        self.files = files
+        self.config = config
+        self.problems = problems
+        self.options = ConversionOptions(oasst_all_paths=config.oasst_all_paths)
+        self.read_per_source: Counter = Counter()
+        self.current: DataFile | None = None
+        self.done_bytes = 0
+
+    @property
+    def bytes_read(self) -> int:
+        return self.done_bytes + (self.current.bytes_read if self.current else 0)
+
+    def items(self) -> Iterator[Record | Reject]:
+        for file in self.files:
+            self.current = DataFile(file.path)
+            for item in self._file_items(file, self.current):
+                file.items += 1
+                yield item
+            self.done_bytes += self.current.size
+            self.current = None
+
+    def _raw_records(self, file: InputFile, data_file: DataFile) -> Iterator[RawRecord | ReadFailure]:
+        """The file's raw records; a file that breaks off ends here (reported), and what was read still counts."""
+        limit = self.config.max_samples
+        try:
+            for raw in data_file.records():
+                if limit is not None and self.read_per_source[file.source] >= limit:
+                    return
+                self.read_per_source[file.source] += 1
+                file.read += 1
+                yield raw
+        except UnreadableFile as exc:
+            where = f" after {file.read} records" if file.read else ""
+            self.problems.append(Problem("error", f"cannot read the file{where}: {exc}", file.name))
+
+    def _file_items(self, file: InputFile, data_file: DataFile) -> Iterator[Record | Reject]:
+        raw_records = self._raw_records(file, data_file)
+        # Detection looks at the first records; they are kept and converted like the rest.
+        head = []
+        for raw in raw_records:
+            head.append(raw)
+            if len(head) >= DETECTION_SAMPLE:
+                break
+        if not head:
+            self.problems.append(Problem("warning", "the file holds no records", file.name))
+            return
+        if file.format is None:
+            detection = detect_format([raw.data for raw in head if isinstance(raw, RawRecord)])
+            file.format = detection.format
+            if detection.format is None:
+                self.problems.append(
+                    Problem(
+                        "error",
+                        "format not detected: no known format fits its first "
+                        f"records (set datasets.{file.source}.format)",
+                        file.name,
+                    )
+                )
+            elif detection.recognized * 2 < detection.sampled:
+                self.problems.append(
+                    Problem(
+                        "warning",
+                        f"detected as {detection.format}, but only "
+                        f"{detection.recognized} of the first {detection.sampled} "
+                        "records fit it",
+                        file.name,
+                    )
+                )
+        converter = FORMATS[file.format](file.source, file.name, self.options) if file.format else None
+        for raw in itertools.chain(head, raw_records):
+            if isinstance(raw, ReadFailure):
+                if raw.fatal:
+                    self.problems.append(Problem("error", f"line {raw.line}: {raw.detail}", file.name))
+                yield Reject(file.source, file.name, raw.line, raw.reason, raw.detail, raw.text)
+            elif converter is None:
+                yield Reject(
+                    file.source, file.name, raw.line, "unknown_format", "the file's format was not detected", raw.data
+                )
+            else:
+                yield from converter.feed(raw)
+        if converter is not None:
+            yield from converter.finish()
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+class OutputFiles:
+    """The split files and rejects.jsonl, written under temporary names and renamed by commit().
+
+    With no folder (validate_only) lines are only counted.
+    """
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        self.handles: dict[str, object] = {}
+        self.lines: Counter = Counter()
+        self.first_line: dict[str, str] = {}
+
+    def write(self, name: str, line: str) -> None:
+        self.lines[name] += 1
+        self.first_line.setdefault(name, line)
+        if self.folder is None:
+            return
+        handle = self.handles.get(name)
+        if handle is None:
+            handle = self.handles[name] = (self.folder / f".{name}.tmp").open("w", encoding="utf-8")
+        handle.write(line + "\n")
+
+    def commit(self, stats: dict) -> list[Path]:
+        if self.folder is None:
+            return []
+        for name in OUTPUT_FILES[:-1]:  # every split file exists, even when empty
+            if name not in self.handles:
+                self.handles[name] = (self.folder / f".{name}.tmp").open("w", encoding="utf-8")
+        for handle in self.handles.values():
+            handle.close()
+        with (self.folder / ".stats.json.tmp").open("w", encoding="utf-8") as handle:
+            json.dump(stats, handle, ensure_ascii=False, indent=2)
+            handle.write("\n")
+        written = []
+        for name in OUTPUT_FILES:
+            os.replace(self.folder / f".{name}.tmp", self.folder / name)
+            written.append(self.folder / name)
+        return written
+
+    def discard(self) -> None:
+        for name, handle in self.handles.items():
+            handle.close()
+            (self.folder / f".{name}.tmp").unlink(missing_ok=True)
+
+
+class RejectLog:
+    """Counts rejects per dataset and reason, and writes each to rejects.jsonl."""
+
+    def __init__(self, outputs: OutputFiles):
+        self.outputs = outputs
+        self.by_source: dict[str, Counter] = defaultdict(Counter)
+
+    def __call__(self, reject: Reject) -> None:
+        self.by_source[reject.source][reject.reason] += 1
+        self.outputs.write("rejects.jsonl", json.dumps(reject.to_dict(), ensure_ascii=False, default=str))
+
+
+class TokenStats:
+    def __init__(self):
+        self.count, self.total, self.smallest, self.largest = 0, 0, None, None
+
+    def __call__(self, tokens: int) -> None:
+        self.count += 1
+        self.total += tokens
+        self.smallest = tokens if self.smallest is None else min(self.smallest, tokens)
+        self.largest = tokens if self.largest is None else max(self.largest, tokens)
+
+    def to_dict(self) -> dict:
+        mean = round(self.total / self.count, 1) if self.count else None
+        return {"counted": self.count, "min": self.smallest, "mean": mean, "max": self.largest}
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def run_preprocess(config: PreprocessConfig) -> PreprocessReport:
+    """Convert, clean, filter and split; write the outputs (unless validate_only) and return the report."""
+    started = time.perf_counter()
+    files, problems = plan_inputs(config)
+    cleaning = config.cleaning
+    count_lengths = cleaning.too_short or cleaning.too_long
+    tokenizer, tokenizer_path = None, None
+    if files and (count_lengths or config.show_example):
+        tokenizer, tokenizer_path = _load_tokenizer(config.tokenizer or _default_tokenizer())
+
+    write_dir = None if config.validate_only else config.output_dir
+    if write_dir is not None:
+        write_dir.mkdir(parents=True, exist_ok=True)
+    outputs = OutputFiles(write_dir)
+    rejects = RejectLog(outputs)
+    tokens = TokenStats()
+    intake = Intake(files, config, problems)
+    try:
+        with tempfile.TemporaryDirectory(prefix=".qwentune-spool-", dir=write_dir) as spool:
+            splitter = SplitWriter(
+                Path(spool),
+                seed=config.seed,
+                ratios=config.ratios.as_dict(),
+                mixing={name: Mixing(o.weight, o.max_records) for name, o in config.datasets.items()},
+                deduplicate=cleaning.duplicate,
+            )
+            items = clean.apply_rules(
+                intake.items(),
+                cleaning.enabled_rules(),
+                strip_whitespace=cleaning.strip_whitespace,
+                template_values=config.template_values,
+            )
+            counter = None
+            if count_lengths and tokenizer is not None:
+                counter = clean.TokenCounter(tokenizer, tokenizer_path, config.worker_count(), config.batch_size)
+            with counter or contextlib.nullcontext(), _progress(intake) as advance:
+                if counter is not None:
+                    items = clean.length_filter(
+                        counter.stream(items),
+                        min_length=config.min_length,
+                        max_length=config.max_length,
+                        check_short=cleaning.too_short,
+                        check_long=cleaning.too_long,
+                        on_length=tokens,
+                    )
+                for item in items:
+                    if isinstance(item, Reject):
+                        rejects(item)
+                    else:
+                        splitter.add(item)
+                    advance()
+            kept = splitter.finish(lambda split, line: outputs.write(_SPLIT_FILES[split], line), rejects)
+        stats = build_stats(config, files, kept, rejects, tokens, outputs, problems)
+        written = outputs.commit(stats)
+    except BaseException:
+        if write_dir is not None:
+            outputs.discard()
+        raise
+    report = PreprocessReport(stats=stats, problems=problems, written=written, seconds=time.perf_counter() - started)
+    print_report(report, config)
+    if config.show_example and tokenizer is not None:
+        print_example(tokenizer, outputs.first_line.get("train.jsonl"))
+    return report
+
+
+def _default_tokenizer() -> str:
+    from qwentune.data.tokenize import DEFAULT_TOKENIZER
+
+    return DEFAULT_TOKENIZER
+
+
+def _load_tokenizer(name: str):
+    """The tokenizer, and a local path worker processes can load it from without fetching again."""
+    from qwentune.assets import AssetError, resolve_model_name
+    from qwentune.data.tokenize import load_tokenizer
+
+    try:
+        path = resolve_model_name(name)
+        return load_tokenizer(path), path
+    except (OSError, AssetError) as exc:
+        raise ConfigError(f"tokenizer: {exc}") from exc
+
+
+class _progress:
+    """A progress bar over the bytes of the input files, with a record count; updated every 1000 records."""
+
+    def __init__(self, intake: Intake):
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.intake = intake
+        self.records = 0
+        self.progress = Progress(
+            TextColumn("[bold]Preprocessing"),
+            BarColumn(),
+            DownloadColumn(),
+            TextColumn("{task.fields[records]:,} records"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        total = sum(file.path.stat().st_size for file in intake.files)
+        self.task = self.progress.add_task("preprocess", total=total or None, records=0)
+
+    def __enter__(self):
+        self.progress.start()
+        return self.advance
+
+    def advance(self) -> None:
+        self.records += 1
+        if self.records % 1000 == 0:
+            self.progress.update(self.task, completed=self.intake.bytes_read, records=self.records)
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+        return False
+
+
+def build_stats(
+    config: PreprocessConfig,
+    files: list[InputFile],
+    kept: dict[str, SourceCounts],
+    rejects: RejectLog,
+    tokens: TokenStats,
+    outputs: OutputFiles,
+    problems: list[Problem],
+) -> dict:
+    """The stats.json document; also adds the problems only the totals reveal."""
+    sources: dict[str, dict] = {}
+    for file in files:
+        entry = sources.setdefault(file.source, {"formats": [], "read": 0, "in": 0})
+        entry["read"] += file.read
+        entry["in"] += file.items
+        if file.format and file.format not in entry["formats"]:
+            entry["formats"].append(file.format)
+    totals = Counter()
+    for name, entry in sources.items():
+        counts = kept.get(name)
+        split_counts = {split: counts.kept[split] if counts else 0 for split in SPLITS}
+        reasons = dict(sorted(rejects.by_source.get(name, Counter()).items()))
+        entry.update(split_counts)
+        entry["kept"] = sum(split_counts.values())
+        entry["rejected"] = sum(reasons.values())
+        entry["extra_train_copies"] = counts.extra_train_copies if counts else 0
+        entry["lang"] = dict(sorted(counts.langs.items())) if counts else {}
+        entry["reasons"] = reasons
+        if entry["in"] != entry["kept"] + entry["rejected"]:
+            problems.append(
+                Problem(
+                    "error",
+                    f"internal: dataset '{name}' does not add up: in {entry['in']} != "
+                    f"kept {entry['kept']} + rejected {entry['rejected']}",
+                )
+            )
+        if entry["in"] and entry["rejected"] * 2 > entry["in"]:
+            problems.append(
+                Problem(
+                    "warning",
+                    f"dataset '{name}': {entry['rejected']} of {entry['in']} records rejected (see rejects.jsonl)",
+                )
+            )
+        for key in ("read", "in", "kept", "rejected", *SPLITS):
+            totals[key] += entry[key]
+    all_reasons = Counter()
+    for reasons in rejects.by_source.values():
+        all_reasons.update(reasons)
+    for split in ("validation", "test"):
+        if getattr(config.ratios, split) > 0 and totals[split] == 0 and totals["kept"]:
+            problems.append(Problem("warning", f"the {split} split is empty (too few records for its ratio)"))
+    if files and not totals["kept"]:
+        problems.append(Problem("error", "no record was kept"))
+    return {
+        "config": config.model_dump(mode="json"),
+        "files": [file.to_dict() for file in files],
+        "sources": sources,
+        "reasons": dict(sorted(all_reasons.items(), key=lambda item: (-item[1], item[0]))),
+        "totals": {
+            **{key: totals[key] for key in ("read", "in", "kept", "rejected", *SPLITS)},
+            CHINESE_TEST: outputs.lines["chinese_test.jsonl"],
+        },
+        "outputs": {name: outputs.lines[name] for name in OUTPUT_FILES[:-1]},
+        "tokens": tokens.to_dict(),
+        "problems": [problem.to_dict() for problem in problems],
+    }
+
+
+# ---------------------------------------------------------------------------- console report
+
+
+def print_report(report: PreprocessReport, config: PreprocessConfig) -> None:
+    from rich.table import Table
+
+    stats = report.stats
+    table = Table(title="Preprocessing: records by dataset", title_justify="left")
+    for column in ("dataset", "format", "read", "in", "train", "validation", "test", "rejected"):
+        table.add_column(column, justify="left" if column in ("dataset", "format") else "right", overflow="fold")
+    for name, entry in sorted(stats["sources"].items()):
+        table.add_row(
+            name,
+            ", ".join(entry["formats"]) or "?",
+            *(f"{entry[key]:,}" for key in ("read", "in", "train", "validation", "test", "rejected")),
+        )
+    totals = stats["totals"]
+    table.add_section()
+    table.add_row(
+        "total",
+        "",
+        *(f"{totals[key]:,}" for key in ("read", "in", "train", "validation", "test", "rejected")),
+        style="bold",
+    )
+    console.print(table)
+    if stats["reasons"]:
+        reasons = Table(title="Rejected, by reason", title_justify="left")
+        reasons.add_column("reason")
+        reasons.add_column("records", justify="right")
+        reasons.add_column("datasets")
+        for reason, count in stats["reasons"].items():
+            where = sorted(name for name, entry in stats["sources"].items() if reason in entry["reasons"])
+            reasons.add_row(reason, f"{count:,}", ", ".join(where))
+        console.print(reasons)
+    for problem in report.problems:
+        colour = "red" if problem.level == "error" else "yellow"
+        where = f"{problem.file}: " if problem.file else ""
+        console.print(f"[{colour}]{problem.level}:[/{colour}] {where}{problem.message}")
+    rate = totals["in"] / report.seconds if report.seconds else 0
+    timing = f"{report.seconds:.1f} s, {rate:,.0f} records/s"
+    if config.validate_only:
+        verdict = "[red]errors found[/red]" if report.errors else "[green]no errors[/green]"
+        console.print(f"validate only: nothing written; {verdict} ({timing})")
+    else:
+        copies = stats["outputs"]["train.jsonl"] - totals["train"]
+        copies_note = f" (+{copies:,} weighted copies)" if copies else ""
+        console.print(
+            f"wrote {config.output_dir}: train {totals['train']:,}{copies_note}, validation "
+            f"{totals['validation']:,}, test {totals['test']:,} (Chinese {totals[CHINESE_TEST]:,}), "
+            f"rejects {totals['rejected']:,}, stats.json ({timing})"
+        )
+
+
+def print_example(tokenizer, line: str | None) -> None:
+    """One training example as the trainer will see it, with the trained tokens marked."""
+    from qwentune.data.tokenize import describe_example, encode_conversation
+
+    if line is None:
+        return
+    record = json.loads(line)
+    example = encode_conversation(tokenizer, record["messages"])
+    console.rule(f"example training record {record['id']} ({record['source']})")
+    console.print(describe_example(tokenizer, example), markup=False, highlight=False)
+    console.rule()
+
+
+# ---------------------------------------------------------------------------- command line
+
+# flag -> config key; flags default to None so that only the ones given override the config file.
+_FLAG_KEYS = {
+    "input_dir": "input_dir",
+    "output_dir": "output_dir",
+    "tokenizer": "tokenizer",
+    "max_length": "max_length",
+    "min_length": "min_length",
+    "train_ratio": "ratios.train",
+    "val_ratio": "ratios.validation",
+    "test_ratio": "ratios.test",
+    "seed": "seed",
+    "num_workers": "num_workers",
+    "max_samples": "max_samples",
+}
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML preprocess config (datasets, cleaning switches, weights, caps)")
+    parser.add_argument("--input_dir", help="folder of raw data files, scanned recursively (default: data/raw)")
+    parser.add_argument("--output_dir", help="where the splits go (default: data/processed)")
+    parser.add_argument("--tokenizer", help="tokenizer for the length filter (default: the embedded Qwen tokenizer)")
+    parser.add_argument("--max_length", type=int, help="drop conversations longer than this many tokens (2048)")
+    parser.add_argument("--min_length", type=int, help="drop conversations shorter than this many tokens (10)")
+    parser.add_argument("--train_ratio", type=float, help="share of records for train (0.9)")
+    parser.add_argument("--val_ratio", type=float, help="share for validation (0.05)")
+    parser.add_argument("--test_ratio", type=float, help="share for test (0.05)")
+    parser.add_argument("--seed", type=int, help="seed of the split and of sampling (42)")
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        help="tokenizer processes beside the main one (default: one per CPU, at most 8; 0: none)",
+    )
+    parser.add_argument("--max_samples", type=int, help="read at most this many records per dataset")
+    parser.add_argument(
+        "--validate_only",
+        action="store_true",
+        help="check everything and print the report; write nothing; exit 1 on errors",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any config key, e.g. --set cleaning.duplicate=false (repeatable)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    """Defaults < the config file < the flags given < --set overrides."""
+    data = read_yaml(args.config) if args.config else {}
+    for flag, key in _FLAG_KEYS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            *sections, last = key.split(".")
+            node = data
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[last] = value
+    if args.validate_only:
+        data["validate_only"] = True
+    apply_overrides(data, args.overrides)
+    return validate(PreprocessConfig, data, args.config or "(command line)")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    try:
+        return run_preprocess(config_from_args(args)).exit_code
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
