@@ -213,28 +213,11 @@ def test_bertscore_without_supported_language_is_not_available_and_loads_nothing
 
 
 @pytest.fixture(scope="module")
-def qwen_tokenizer():
-    from transformers import AutoTokenizer
+def tiny_model(tiny_qwen2):
+    """The shared tiny Qwen2 (conftest) with the real Qwen tokenizer's vocabulary."""
+    from transformers import AutoModelForCausalLM
 
-    from qwentune.assets import asset_path
-
-    return AutoTokenizer.from_pretrained(asset_path("qwen-tokenizer"))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(qwen_tokenizer):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(qwen_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
-    return Qwen2ForCausalLM(config).eval()
+    return AutoModelForCausalLM.from_pretrained(tiny_qwen2).eval()
 
 
 PROMPTS = [

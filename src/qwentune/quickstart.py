@@ -18,6 +18,7 @@ from rich.table import Table
 from qwentune import paths
 from qwentune.console import console, notice
 
+DATA_PRESET = "config/presets/quickstart_data.yaml"
 TRAIN_PRESET = "config/presets/quickstart_train.yaml"
 EVAL_PRESET = "config/presets/quickstart_eval.yaml"
 SAMPLE_QUESTION = "你好，请介绍一下你自己。"
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         stages.add_argument(flag, action="store_true", help=help_text)
     parser.add_argument("--datasets", nargs="+", default=["demo"], help="datasets to download (default: the bundled demo data)")
+    parser.add_argument("--data_config", default=DATA_PRESET, help="preprocessing config (default: the quickstart preset)")
     parser.add_argument("--train_config", default=TRAIN_PRESET, help="training config (default: the quickstart preset)")
     parser.add_argument("--eval_config", default=EVAL_PRESET, help="evaluation config (default: the quickstart preset)")
     return parser
@@ -119,18 +121,19 @@ def download(datasets: list[str]) -> None:
     download_datasets(datasets, paths.RAW_DATA_DIR, fallback_to_demo=True)
 
 
-def preprocess(train_config: str) -> None:
+def preprocess(data_config: str, train_config: str) -> None:
+    """Lengths are measured with the tokenizer of the model that will be trained."""
     from qwentune.config.base import load_config
     from qwentune.config.preprocess import PreprocessConfig
     from qwentune.config.training import TrainConfig
     from qwentune.data.preprocess import run_preprocess
 
     model = load_config(TrainConfig, train_config).model
-    tokenizer = model.tokenizer_name_or_path or model.model_name_or_path
-    config = PreprocessConfig(
-        input_dir=str(paths.RAW_DATA_DIR), output_dir=str(paths.PROCESSED_DATA_DIR), tokenizer=tokenizer
-    )
-    run_preprocess(config)
+    config = load_config(PreprocessConfig, data_config)
+    config.tokenizer = model.tokenizer_name_or_path or model.model_name_or_path
+    report = run_preprocess(config)
+    if report.exit_code:
+        raise SystemExit(f"preprocessing failed: {'; '.join(p.message for p in report.errors)}")
 
 
 def train(train_config: str) -> dict:
@@ -196,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     stages = [
         ("install", args.install, install),
         ("download", args.download, lambda: download(args.datasets)),
-        ("preprocess", args.preprocess, lambda: preprocess(args.train_config)),
+        ("preprocess", args.preprocess, lambda: preprocess(args.data_config, args.train_config)),
         ("train", args.train, lambda: train(args.train_config)),
         ("evaluate", args.evaluate, lambda: evaluate(args.eval_config)),
     ]
