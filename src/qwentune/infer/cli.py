@@ -5,68 +5,126 @@ from __future__ import annotations
 import argparse
 
 from qwentune.console import console
+from qwentune.infer.settings import DEFAULT_MAX_NEW_TOKENS
 from qwentune.paths import CHECKPOINTS_DIR
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model_path", default=str(CHECKPOINTS_DIR), help="training output, checkpoint, adapter, model folder, hub id or embedded:demo-model")
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which model to load and how: shared by `infer` and `serve`."""
+    parser.add_argument(
+        "--model_path",
+        default=str(CHECKPOINTS_DIR),
+        help="training output, checkpoint, adapter or model folder, hub id, or embedded:demo-model",
+    )
     parser.add_argument("--base_model", default=None, help="base model of an adapter (default: the one it names)")
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--interactive", action="store_true", help="chat in the terminal (/help for commands)")
-    mode.add_argument("--input", help="answer one prompt and exit")
-    mode.add_argument("--input_file", help="answer every prompt of a file (text: one per line; .jsonl: prompt or messages)")
-    parser.add_argument("--output_file", help="where --input_file answers go (.jsonl or text, in input order)")
-    parser.add_argument("--max_length", type=int, default=512, help="most new tokens per answer")
-    parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: greedy)")
-    parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling (with --temperature)")
-    parser.add_argument("--system", default=None, help="system prompt")
-    parser.add_argument("--batch_size", type=int, default=8, help="prompts per generation batch (--input_file)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, npu")
-    parser.add_argument("--load_in_bits", type=int, choices=[4, 8], default=None, help="load the model quantized (bitsandbytes)")
+    parser.add_argument("--system", default=None, help="system prompt (default: the one the model was trained with)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, else npu, else cpu), cpu, cuda, cuda:1, npu")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: bf16 where supported, else fp32",
+    )
+    parser.add_argument(
+        "--load_in_bits", type=int, choices=[4, 8], default=None, help="load the model quantized (bitsandbytes)"
+    )
+    parser.add_argument(
+        "--trust_remote_code", action="store_true", help="run the model's own code (only for models you trust)"
+    )
 
 
-def _validate(args: argparse.Namespace) -> str | None:
-    if args.input_file and not args.output_file:
-        return "--input_file needs --output_file"
-    if args.temperature is not None and args.temperature < 0:
-        return "--temperature must be >= 0"
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        return "--top_p must be in (0, 1]"
-    if args.max_length < 1:
-        return "--max_length must be >= 1"
-    return None
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    problem = _validate(args)
-    if problem:
-        console.print(f"[red]error:[/red] {problem}")
-        return 2
+def load_engine(args: argparse.Namespace):
+    """The engine for the model the arguments name, or None after printing why it cannot be loaded."""
+    from qwentune.assets import AssetError
     from qwentune.infer.engine import QwenInference
-    from qwentune.model.checkpoint import NoModelError
 
-    settings = dict(max_new_tokens=args.max_length, temperature=args.temperature, top_p=args.top_p)
     with console.status(f"Loading {args.model_path} ..."):
         try:
-            engine = QwenInference(
+            return QwenInference(
                 args.model_path,
                 base_model=args.base_model,
                 device=args.device,
+                dtype=args.dtype,
                 quantization_bit=args.load_in_bits,
+                trust_remote_code=args.trust_remote_code,
                 system_prompt=args.system,
             )
-        except (NoModelError, OSError) as exc:
+        except (OSError, AssetError, RuntimeError, ImportError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            return None
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--interactive", action="store_true", help="chat in the terminal (/help for commands)")
+    mode.add_argument("--input", help="answer one prompt and exit")
+    mode.add_argument(
+        "--input_file", help="answer every prompt of a file (text: one per line; .jsonl: prompt or messages)"
+    )
+    parser.add_argument("--output_file", help="where --input_file answers go (.jsonl or text, in input order)")
+    # The guide's name: it bounds the answer, not prompt + answer.
+    parser.add_argument("--max_length", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="most new tokens per answer")
+    parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: greedy)")
+    parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling (with --temperature)")
+    parser.add_argument(
+        "--top_k", type=int, default=None, help="sample among the k likeliest tokens (with --temperature)"
+    )
+    parser.add_argument("--repetition_penalty", type=float, default=None, help="> 1 discourages repeating")
+    parser.add_argument("--batch_size", type=int, default=8, help="prompts per generation batch (--input_file)")
+
+
+def generation_settings(args: argparse.Namespace):
+    """The arguments' GenerationSettings, or an error message naming the bad option."""
+    from pydantic import ValidationError
+
+    from qwentune.infer.settings import GenerationSettings
+
+    options = {"max_new_tokens": "--max_length"}
+    values = dict(
+        max_new_tokens=args.max_length,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+    )
+    try:
+        return GenerationSettings(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0])
+        return f"{options.get(name, '--' + name)}: {error['msg']}"
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    if args.input_file and not args.output_file:
+        console.print("[red]error:[/red] --input_file needs --output_file")
+        return 2
+    if args.batch_size < 1:
+        console.print("[red]error:[/red] --batch_size must be >= 1")
+        return 2
+    settings = generation_settings(args)
+    if isinstance(settings, str):
+        console.print(f"[red]error:[/red] {settings}")
+        return 2
+    engine = load_engine(args)
+    if engine is None:
+        return 1
+    if args.input is not None:
+        from qwentune.infer.engine import PromptTooLongError
+
+        try:
+            for piece in engine.stream(args.input, **settings.model_dump()):
+                console.out(piece, end="", highlight=False)
+        except PromptTooLongError as exc:
             console.print(f"[red]error:[/red] {exc}")
             return 1
-    if args.input is not None:
-        for piece in engine.stream(args.input, **settings):
-            console.out(piece, end="", highlight=False)
         console.out("")
         return 0
     if args.input_file:
         from qwentune.infer.batch import answer_file
 
-        return answer_file(engine, args.input_file, args.output_file, batch_size=args.batch_size, **settings)
+        return answer_file(engine, args.input_file, args.output_file, settings, batch_size=args.batch_size)
     from qwentune.infer.interactive import chat_loop
 
-    return chat_loop(engine, **settings)
+    return chat_loop(engine, settings)

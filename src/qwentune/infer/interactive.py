@@ -2,71 +2,99 @@
 
 from __future__ import annotations
 
-import threading
+import contextlib
 
 from qwentune.console import console, notice
+from qwentune.infer.engine import PromptTooLongError
+from qwentune.infer.settings import GenerationSettings
+
+with contextlib.suppress(ImportError):  # line editing and ↑ history where the platform has readline
+    import readline  # noqa: F401
 
 HELP = """commands:
   /clear         forget the conversation
-  /system TEXT   set the system prompt (and clear the conversation)
+  /system TEXT   set the system prompt (and forget the conversation); /system alone shows it
   /help          this help
-  /exit          leave (Ctrl-D works too; Ctrl-C stops the current answer)"""
+  /exit          leave (Ctrl-D works too)
+Ctrl-C stops the answer being written; the conversation goes on."""
 
 
 def trim_history(engine, history: list[dict], reserve: int) -> int:
-    """Drop the oldest exchanges until the prompt fits the context; returns how many messages were dropped."""
+    """Drop the oldest exchanges until the prompt leaves `reserve` tokens of context; returns messages dropped.
+
+    The newest message is always kept (the engine shortens the answer if it must).
+    """
     dropped = 0
     while len(history) > 1 and len(engine.prompt_ids(history)) + reserve > engine.context_length:
-        # Drop one user turn and the reply that followed it.
-        del history[:2]
+        del history[:2]  # one user turn and the reply that followed it
         dropped += 2
     return dropped
 
 
-def chat_loop(engine, **settings) -> int:
+def _run_command(engine, history: list[dict], text: str) -> bool:
+    """Carry out a slash command; False when it asks to leave."""
+    command, _, argument = text.partition(" ")
+    if command in ("/exit", "/quit"):
+        return False
+    if command == "/clear":
+        history.clear()
+        console.print("[dim]conversation cleared[/dim]")
+    elif command == "/system" and argument.strip():
+        engine.system_prompt = argument.strip()
+        history.clear()
+        console.print("[dim]system prompt set; conversation cleared[/dim]")
+    elif command == "/system":
+        console.print(f"system prompt: {engine.system_prompt or '(none)'}", markup=False)
+    elif command == "/help":
+        console.print(HELP, markup=False)
+    else:
+        console.print(f"unknown command {command}; /help lists them", markup=False)
+    return True
+
+
+def _answer(engine, history: list[dict], settings: GenerationSettings) -> None:
+    """Stream the reply to the last user message and add it to the history."""
+    dropped = trim_history(engine, history, settings.max_new_tokens)
+    if dropped:
+        notice(f"the conversation outgrew the context; dropped the oldest {dropped} messages")
+    pieces: list[str] = []
+    console.print("[bold green]Assistant:[/bold green] ", end="")
+    try:
+        for piece in engine.stream(history, **settings.model_dump()):
+            pieces.append(piece)
+            console.out(piece, end="", highlight=False)
+    except KeyboardInterrupt:  # leaving the loop stops the generation; what was written is kept
+        console.print("\n[dim](answer stopped)[/dim]", end="")
+    except PromptTooLongError as exc:
+        console.print(f"\n[red]error:[/red] {exc}; /clear or a shorter message", end="")
+        history.pop()
+        console.print()
+        return
+    console.print()
+    history.append({"role": "assistant", "content": "".join(pieces).strip()})
+
+
+def chat_loop(engine, settings: GenerationSettings) -> int:
     history: list[dict] = []
-    console.print(f"[bold]qwentune chat[/bold] — {engine.info['model_path']}  (/help for commands)")
+    info = engine.info
+    console.print(
+        f"[bold]qwentune chat[/bold] — {info['model_path']} on {info['device']} ({info['dtype']}); "
+        f"up to {settings.max_new_tokens} new tokens per answer. /help for commands, Ctrl-D to leave."
+    )
     while True:
         try:
-            line = console.input("[bold cyan]You:[/bold cyan] ")
+            text = console.input("[bold cyan]You:[/bold cyan] ").strip()
         except EOFError:
             console.print()
             return 0
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C at the prompt discards the line, as in a shell
             console.print()
             continue
-        text = line.strip()
         if not text:
             continue
         if text.startswith("/"):
-            command, _, argument = text.partition(" ")
-            if command in ("/exit", "/quit"):
+            if not _run_command(engine, history, text):
                 return 0
-            if command == "/clear":
-                history.clear()
-                console.print("[dim]conversation cleared[/dim]")
-            elif command == "/system":
-                engine.system_prompt = argument.strip() or None
-                history.clear()
-                console.print(f"[dim]system prompt {'set' if engine.system_prompt else 'removed'}; conversation cleared[/dim]")
-            elif command == "/help":
-                console.print(HELP, markup=False)
-            else:
-                console.print(f"unknown command {command}; /help lists them", markup=False)
             continue
         history.append({"role": "user", "content": text})
-        dropped = trim_history(engine, history, settings.get("max_new_tokens", 512))
-        if dropped:
-            notice(f"the conversation outgrew the context; dropped the oldest {dropped} messages")
-        stop = threading.Event()
-        pieces: list[str] = []
-        console.print("[bold green]Assistant:[/bold green] ", end="")
-        try:
-            for piece in engine.stream(history, stop_event=stop, **settings):
-                pieces.append(piece)
-                console.out(piece, end="", highlight=False)
-        except KeyboardInterrupt:
-            stop.set()
-            console.print("\n[dim](answer stopped)[/dim]", end="")
-        console.print()
-        history.append({"role": "assistant", "content": "".join(pieces)})
+        _answer(engine, history, settings)

@@ -22,7 +22,14 @@ from qwentune.data.tokenize import end_of_turn_token
 META_FILE = "qwentune_meta.json"
 COMPLETE_MARKER = "qwentune_complete"
 ADAPTER_CONFIG = "adapter_config.json"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -54,9 +61,12 @@ def resolve_model_dir(path: str | Path) -> Path | str:
 
     A path that is not a folder is returned unchanged (a hub id or an embedded name).
     """
-    folder = Path(path)
+    folder = Path(path).expanduser()
     if not folder.is_dir():
-        if str(path).startswith((".", "/")) or folder.suffix:
+        if folder.exists():
+            raise NoModelError(f"model path '{path}' is a file; pass the folder that holds the model")
+        # Hub ids ("Qwen/Qwen2.5-0.5B-Instruct") may contain dots too: only these prefixes surely mean a folder.
+        if str(path).startswith((".", "/", "~")):
             raise NoModelError(f"model path '{path}' does not exist")
         return str(path)
     if holds_model(folder):

@@ -31,11 +31,14 @@ def load_causal_lm(
     quantization_bit: int | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    device_map: dict | str | None = None,
 ):
     path = resolve_model_name(name_or_path)
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     quant = quantization_config(quantization_bit, dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
@@ -43,7 +46,7 @@ def load_causal_lm(
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise OSError(
-            f"could not load the model '{name_or_path}': {exc}\n"
+            f"could not load the model '{name_or_path}' (not a local folder, so it was looked up on the hub): {exc}\n"
             "If the Hugging Face hub is unreachable: set HF_ENDPOINT to a mirror, download the model and pass "
             "its folder, or use the embedded demo model (embedded:demo-model)."
         ) from exc
@@ -60,38 +63,63 @@ def load_for_inference(
 ):
     """(model, tokenizer, info) from a training output, checkpoint, adapter, merged model, hub id or embedded name.
 
-    An adapter folder names its base model (overridable with `base_model`); the tokenizer,
-    chat template and stop tokens come from what training saved.
+    An adapter folder names its base model (overridable with `base_model`). The tokenizer, chat
+    template, system prompt and stop tokens come from what training saved next to the weights.
+    `dtype`: "auto" (bf16 where the device has it, else fp32), "saved" (as the weights were
+    saved), or float32 / bfloat16 / float16.
+    `info` says what was loaded: model_path, adapter, base_model, device, dtype, system_prompt.
     """
     from pathlib import Path
 
+    from transformers import GenerationConfig
+
     from qwentune.data.tokenize import load_tokenizer
-    from qwentune.model.checkpoint import ADAPTER_CONFIG, base_model_of, chat_generation_config, read_meta, resolve_model_dir
+    from qwentune.model.checkpoint import (
+        ADAPTER_CONFIG,
+        base_model_of,
+        chat_generation_config,
+        read_meta,
+        resolve_model_dir,
+    )
     from qwentune.model.device import resolve_dtype, select_device
 
     target = resolve_model_dir(model_path)
+    folder = target if isinstance(target, Path) else None
+    meta = read_meta(folder) if folder else {}
     chosen_device = select_device(device)
-    torch_dtype = resolve_dtype(dtype, chosen_device)
+    torch_dtype = "auto" if dtype == "saved" else resolve_dtype(dtype, chosen_device)
     load = dict(dtype=torch_dtype, quantization_bit=quantization_bit, trust_remote_code=trust_remote_code)
-    folder = Path(target) if isinstance(target, Path) else None
+    if quantization_bit is not None:
+        # A quantized model cannot be moved after loading: bitsandbytes places it while loading.
+        load["device_map"] = {"": chosen_device}
     is_adapter = folder is not None and (folder / ADAPTER_CONFIG).is_file()
-    info = {"model_path": str(target), "adapter": is_adapter, "device": chosen_device, "dtype": str(torch_dtype)}
     if is_adapter:
         from peft import PeftModel
 
         base = base_model or base_model_of(folder)
         if not base:
-            raise OSError(f"adapter '{folder}' does not name its base model; pass base_model")
+            raise OSError(f"adapter '{folder}' does not name its base model; pass base_model (--base_model)")
         model = PeftModel.from_pretrained(load_causal_lm(base, **load), folder)
-        info["base_model"] = base
+        plain_model = model.get_base_model()
     else:
-        model = load_causal_lm(str(target), **load)
-        info["base_model"] = (read_meta(folder) if folder else {}).get("base_model", str(target))
-    info["system_prompt"] = (read_meta(folder) if folder else {}).get("system_prompt")
+        base = meta.get("base_model", str(target))
+        model = plain_model = load_causal_lm(str(target), **load)
     has_tokenizer = folder is not None and (folder / "tokenizer_config.json").is_file()
-    tokenizer = load_tokenizer(str(folder) if has_tokenizer else info["base_model"], trust_remote_code)
+    tokenizer = load_tokenizer(str(folder) if has_tokenizer else base, trust_remote_code)
+    if is_adapter and (folder / "generation_config.json").is_file():
+        # PeftModel loads the base model's generation config; the tuned model's stop ids are saved with the adapter.
+        plain_model.generation_config = GenerationConfig.from_pretrained(folder)
+    plain_model.generation_config = chat_generation_config(model, tokenizer)
     if quantization_bit is None:
         model.to(chosen_device)
     model.eval()
-    model.generation_config = chat_generation_config(model, tokenizer)
+    info = {
+        "model_path": str(target),
+        "adapter": is_adapter,
+        "base_model": base,
+        "device": chosen_device,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "quantization_bit": quantization_bit,
+        "system_prompt": meta.get("system_prompt"),
+    }
     return model, tokenizer, info
