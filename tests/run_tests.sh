@@ -10,7 +10,9 @@ PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
   "$PYTHON" -m pip install --quiet "torch==2.13.0"
 fi
-"$PYTHON" -m pip install --quiet -e ".[dev]"
+# Keep the installed torch: deepspeed and bitsandbytes accept any, and an upgrade would be a CUDA build.
+TORCH_VERSION=$("$PYTHON" -c "import torch; print(torch.__version__.split('+')[0])")
+"$PYTHON" -m pip install --quiet -c <(echo "torch==$TORCH_VERSION") -e ".[dev,quant,deepspeed]"
 
 # Debian's Chromium for the report's browser test (no downloaded browser); skipped where apt is unavailable.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

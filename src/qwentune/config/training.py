@@ -10,6 +10,14 @@ from qwentune import paths
 from qwentune.config.base import StrictModel
 
 FinetuningType = Literal["lora", "full", "freeze"]
+# How examples become batches (see docs/training.md for the measured figures):
+#   packed     each batch's examples concatenated into one row, positions restarting per example;
+#              attention never crosses examples and no compute goes to padding (fastest).
+#   grouped    examples of similar length batched together, padded to the longest in the batch.
+#   padding    random batches padded to the longest in the batch.
+#   max_length every example padded to data.max_seq_length (fixed shapes, as the official Qwen
+#              finetune script does; slowest, kept for comparison and shape-static accelerators).
+Batching = Literal["packed", "grouped", "padding", "max_length"]
 
 
 class ModelConfig(StrictModel):
@@ -41,6 +49,7 @@ class DataConfig(StrictModel):
     # Use at most this many training / validation records (None: all).
     max_samples: int | None = Field(None, ge=1)
     max_eval_samples: int | None = Field(None, ge=1)
+    batching: Batching = "packed"
 
     @model_validator(mode="after")
     def _mask_options_agree(self):
@@ -82,6 +91,10 @@ class TrainingConfig(StrictModel):
     dataloader_num_workers: int = Field(0, ge=0)
     # Stop when validation loss has not improved for this many evaluations (None: never).
     early_stopping_patience: int | None = Field(None, ge=1)
+    # Keep the checkpoint with the lowest validation loss and make it the final model
+    # (always on with early stopping).
+    load_best_model_at_end: bool = False
+    # "tensorboard" writes event files to logging_dir; other Trainer integrations (wandb, ...) pass through.
     report_to: list[str] = ["tensorboard"]
 
     @model_validator(mode="after")
@@ -89,6 +102,20 @@ class TrainingConfig(StrictModel):
         if self.fp16 and self.bf16:
             raise ValueError("training.fp16 and training.bf16 cannot both be true")
         return self
+
+    @model_validator(mode="after")
+    def _best_checkpoint_is_saved(self):
+        # The best model can only be restored from a checkpoint saved at an evaluation step.
+        if (self.load_best_model_at_end or self.early_stopping_patience) and self.save_steps % self.eval_steps:
+            raise ValueError(
+                f"training.save_steps ({self.save_steps}) must be a multiple of training.eval_steps "
+                f"({self.eval_steps}) to keep the best checkpoint (early_stopping_patience / load_best_model_at_end)"
+            )
+        return self
+
+    @property
+    def keeps_best_model(self) -> bool:
+        return self.load_best_model_at_end or self.early_stopping_patience is not None
 
 
 class LoraConfig(StrictModel):
@@ -111,7 +138,11 @@ class MindSpeedConfig(StrictModel):
 
 
 class OptimizationConfig(StrictModel):
+    # Recompute each layer's activations in the backward pass: far less memory, ~30% more compute.
     gradient_checkpointing: bool = False
+    # Before loading the model, estimate its memory and stop with settings that would fit when
+    # the device cannot hold it. false: skip (the estimate is approximate).
+    check_memory: bool = True
 
 
 class TrainConfig(StrictModel):

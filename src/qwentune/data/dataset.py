@@ -1,4 +1,4 @@
-"""The training view: processed canonical records -> token ids and labels, and batches of them."""
+"""The training view: processed canonical records -> token ids and labels (batches: `qwentune.data.pack`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from rich.progress import track
 
-from qwentune.data.tokenize import IGNORE_INDEX, EncodedExample, encode_conversation
+from qwentune.data.tokenize import EncodedExample, encode_conversation
 
 
 def read_canonical(path: str | Path, limit: int | None = None) -> list[dict]:
@@ -34,7 +34,20 @@ def read_canonical(path: str | Path, limit: int | None = None) -> list[dict]:
 class EncodedSplit:
     examples: list[EncodedExample]
     truncated: int
-    without_targets: int  # dropped: nothing left to train after truncation
+    # Dropped: nothing left to train after truncation (record ids, or line numbers when a record has none).
+    without_targets: list[str]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(e.input_ids) for e in self.examples]
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.lengths)
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(e.num_trained_tokens for e in self.examples)
 
 
 def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
@@ -54,8 +67,8 @@ def encode_records(
     system_prompt: str | None = None,
     description: str = "Tokenizing",
 ) -> EncodedSplit:
-    examples, truncated, without_targets = [], 0, 0
-    for record in track(records, description=description, transient=True):
+    examples, truncated, without_targets = [], 0, []
+    for number, record in enumerate(track(records, description=description, transient=True), start=1):
         example = encode_conversation(
             tokenizer,
             with_system_prompt(record["messages"], system_prompt),
@@ -65,7 +78,7 @@ def encode_records(
         )
         truncated += example.truncated
         if example.num_trained_tokens == 0:
-            without_targets += 1
+            without_targets.append(str(record.get("id") or f"line {number}"))
             continue
         examples.append(example)
     return EncodedSplit(examples, truncated, without_targets)
@@ -81,24 +94,3 @@ class ExampleDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         example = self.examples[index]
         return {"input_ids": example.input_ids, "labels": example.labels}
-
-
-@dataclass
-class PaddingCollator:
-    """Right-pads a batch to its longest example; padding is masked out of attention and loss."""
-
-    pad_token_id: int
-
-    def __call__(self, features: list[dict]) -> dict:
-        longest = max(len(f["input_ids"]) for f in features)
-        input_ids, labels, attention_mask = [], [], []
-        for feature in features:
-            padding = longest - len(feature["input_ids"])
-            input_ids.append(feature["input_ids"] + [self.pad_token_id] * padding)
-            labels.append(feature["labels"] + [IGNORE_INDEX] * padding)
-            attention_mask.append([1] * len(feature["input_ids"]) + [0] * padding)
-        return {
-            "input_ids": torch.tensor(input_ids),
-            "labels": torch.tensor(labels),
-            "attention_mask": torch.tensor(attention_mask),
-        }

@@ -1,17 +1,19 @@
-"""Which parameters train: LoRA (and QLoRA on a quantized base), full, or the last N layers."""
+"""Which parameters train: LoRA (QLoRA on a quantized base), full, or the last N layers.
+
+The methods only mark what trains; they also run on a model built on the meta device, which
+is how the plan counts trainable parameters before any weight is loaded.
+"""
 
 from __future__ import annotations
+
+import torch
 
 from qwentune.config.training import TrainConfig
 
 
 def apply_lora(model, config: TrainConfig):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
-    if config.model.quantization_bit:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.optimization.gradient_checkpointing
-        )
     lora = config.lora
     peft_config = LoraConfig(
         task_type="CAUSAL_LM",
@@ -31,9 +33,16 @@ def apply_full(model, config: TrainConfig):
     return model
 
 
+def decoder_layers(model) -> torch.nn.ModuleList:
+    layers = getattr(model.get_decoder(), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ValueError(f"freeze tuning cannot find the decoder layers of {type(model).__name__}; use lora or full")
+    return layers
+
+
 def apply_freeze(model, config: TrainConfig):
     """Train only the last `training.freeze_trainable_layers` decoder layers (and nothing else)."""
-    layers = model.model.layers
+    layers = decoder_layers(model)
     keep = config.training.freeze_trainable_layers
     if keep > len(layers):
         raise ValueError(f"training.freeze_trainable_layers is {keep} but the model has {len(layers)} layers")
@@ -48,20 +57,41 @@ def apply_freeze(model, config: TrainConfig):
 FINETUNING_METHODS = {"lora": apply_lora, "full": apply_full, "freeze": apply_freeze}
 
 
-def prepare_for_finetuning(model, config: TrainConfig):
-    if config.optimization.gradient_checkpointing:
+def prepare_for_finetuning(model, config: TrainConfig, *, fp32_trainable: bool = False):
+    """Gradient checkpointing (set up before adapters wrap the model), then the method.
+
+    fp32_trainable: keep trainable parameters in fp32 (fp16 mixed precision needs fp32 master
+    weights; LoRA adapters already are).
+    """
+    checkpointing = config.optimization.gradient_checkpointing
+    if config.model.quantization_bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
         # With frozen embeddings no input needs grad, and checkpointed blocks would get no gradient.
         model.enable_input_require_grads()
-    return FINETUNING_METHODS[config.training.finetuning_type](model, config)
+    # Training needs no KV cache; and with one, transformers stops reading packed position_ids as
+    # example boundaries (sdpa/eager would attend across examples).
+    model.config.use_cache = False
+    model = FINETUNING_METHODS[config.training.finetuning_type](model, config)
+    if fp32_trainable:
+        for parameter in model.parameters():
+            if parameter.requires_grad and parameter.dtype != torch.float32:
+                parameter.data = parameter.data.float()
+    return model
 
 
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total)."""
+    """(trainable, total); a 4-bit parameter stores two values per byte."""
     trainable = total = 0
     for parameter in model.parameters():
-        count = parameter.numel()
+        count = parameter.numel() * (2 if type(parameter).__name__ == "Params4bit" else 1)
         total += count
         if parameter.requires_grad:
             trainable += count

@@ -1,4 +1,4 @@
-"""The training recipe, top to bottom: config -> data -> model -> Trainer -> saved model.
+"""The training recipe, top to bottom: config -> data -> plan -> model -> Trainer -> saved model.
 
 `qwentune train` and `scripts/train.py` call `run_cli`; `run_training` is the Python entry.
 """
@@ -6,16 +6,19 @@
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qwentune.config.base import ConfigError, load_config
 from qwentune.config.training import TrainConfig
-from qwentune.console import console, notice
+from qwentune.console import console, error, notice
+from qwentune.train.debug import DEBUG_SAMPLES, DEBUG_STEPS
 
-DEBUG_SAMPLES = 16
-DEBUG_STEPS = 4
+if TYPE_CHECKING:
+    from qwentune.model.device import Precision
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -25,23 +28,285 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="a checkpoint folder, or 'latest' for the newest complete checkpoint in training.output_dir",
     )
-    parser.add_argument("--debug", action="store_true", help=f"{DEBUG_SAMPLES} samples, {DEBUG_STEPS} steps, verbose data checks")
+    parser.add_argument(
+        "--debug", action="store_true", help=f"{DEBUG_SAMPLES} samples, {DEBUG_STEPS} steps, verbose data checks; writes to <output_dir>/debug"
+    )
     parser.add_argument("--deepspeed", default=None, help="DeepSpeed config JSON (overrides mindspeed.zero_stage)")
-    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.learning_rate=1e-4")
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    from qwentune.train.plan import DoesNotFitError
+
     try:
         config = load_config(TrainConfig, args.config, args.overrides)
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        run_training(config, resume_from_checkpoint=args.resume_from_checkpoint, debug=args.debug, deepspeed=args.deepspeed)
+    except (ConfigError, DoesNotFitError, FileNotFoundError) as exc:
+        error(str(exc))
         return 2
-    run_training(config, resume_from_checkpoint=args.resume_from_checkpoint, debug=args.debug, deepspeed=args.deepspeed)
     return 0
 
 
-def _resolve_resume(resume: str | None, output_dir: Path) -> str | None:
+def run_training(
+    config: TrainConfig,
+    *,
+    resume_from_checkpoint: str | None = None,
+    debug: bool = False,
+    deepspeed: str | None = None,
+) -> dict:
+    """Train as `config` says; returns the run's summary (also saved in the output's qwentune_meta.json)."""
+    quiet_library_noise()
+    from qwentune.train.debug import debug_config
+
+    started = time.time()
+    if debug:
+        config = debug_config(config)
+        console.print(f"[bold]Debug run[/bold]: {DEBUG_SAMPLES} samples, {DEBUG_STEPS} steps, output in {config.training.output_dir}")
+    output_dir = Path(config.training.output_dir)
+    resume = resolve_resume(resume_from_checkpoint, output_dir)
+    run = start_run(config, deepspeed)
+    tokenizer, train_split, eval_split = prepare_data(run, debug)
+    shape = plan_run(run, train_split)
+    config = run.config  # the plan may change the batching
+    model = build_model(run)
+    # Saved with every checkpoint and the final model: what inference needs to know about the run.
+    meta = {
+        "base_model": config.model.model_name_or_path,
+        "finetuning_type": config.training.finetuning_type,
+        "system_prompt": config.data.default_system_prompt,
+        "train_file": config.data.train_file,
+        "train_examples": len(train_split.examples),
+        "config": config.model_dump(),
+    }
+    trainer = build_trainer(run, model, tokenizer, train_split, eval_split, shape, meta, debug)
+    result = trainer.train(resume_from_checkpoint=resume)
+    return save_output(run, trainer, result, tokenizer, meta, started)
+
+
+@dataclass
+class Run:
+    """What every stage of one run shares."""
+
+    config: TrainConfig
+    device: str
+    precision: Precision
+    deepspeed: str | dict | None
+    logger: logging.Logger
+    main: bool  # the process that prints and writes the final output
+
+    def say(self, *args, **kwargs) -> None:
+        if self.main:
+            console.print(*args, **kwargs)
+
+    def notice(self, message: str) -> None:
+        if self.main:
+            notice(message)
+
+
+def start_run(config: TrainConfig, deepspeed: str | None) -> Run:
+    """Device, precision, processes and the log file."""
+    from transformers import set_seed
+
+    from qwentune.model.device import select_device, training_precision
+    from qwentune.train.callbacks import file_logger
+    from qwentune.train.distributed import is_main_process, prepare_platform, resolve_deepspeed
+
+    training = config.training
+    set_seed(training.seed)
+    device = select_device()
+    prepare_platform(config, device)
+    run = Run(
+        config=config,
+        device=device,
+        precision=training_precision(config.model.torch_dtype, training.fp16, training.bf16, device),
+        deepspeed=resolve_deepspeed(deepspeed, config),
+        logger=file_logger(Path(training.logging_dir) / "training.log"),
+        main=is_main_process(),
+    )
+    for note in run.precision.notes:
+        run.notice(note)
+    run.logger.info("config %s", config.model_dump_json())
+    return run
+
+
+def prepare_data(run: Run, debug: bool):
+    """(tokenizer, train split, validation split or None), with one decoded example shown."""
+    from qwentune.data.tokenize import describe_example, load_tokenizer
+    from qwentune.train import debug as checks
+
+    model = run.config.model
+    tokenizer = load_tokenizer(model.tokenizer_name_or_path or model.model_name_or_path, model.trust_remote_code)
+    train_split, eval_split = load_splits(run.config, tokenizer)
+    run.say("[bold]One training example[/bold] (labels: the tokens inside ⟦ ⟧ are trained):")
+    run.say(describe_example(tokenizer, train_split.examples[0]), markup=False)
+    if train_split.truncated:
+        run.notice(f"{train_split.truncated} training examples were longer than data.max_seq_length and were truncated")
+    if train_split.without_targets:
+        run.notice(f"{len(train_split.without_targets)} training examples had no assistant tokens left to train and were dropped")
+    if debug:
+        for line in checks.label_statistics(train_split):
+            run.say(f"  {line}", markup=False)
+        problems = checks.label_problems(train_split, tokenizer, run.config.data.train_on_prompt)
+        for problem in problems:
+            run.say(f"  [red]problem:[/red] {problem}", markup=True)
+        run.say(f"  labels checked: {len(problems)} problem(s)")
+    return tokenizer, train_split, eval_split
+
+
+def load_splits(config: TrainConfig, tokenizer):
+    """(train, validation or None) encoded with the chat template and loss mask."""
+    from qwentune.data.dataset import encode_records, read_canonical
+
+    data = config.data
+    encode = dict(
+        max_length=data.max_seq_length,
+        train_on_prompt=data.train_on_prompt,
+        last_turn_only=data.last_turn_only,
+        system_prompt=data.default_system_prompt,
+    )
+    train = encode_records(read_canonical(data.train_file, data.max_samples), tokenizer, **encode)
+    if not train.examples:
+        raise ConfigError(f"data.train_file {data.train_file}: no example has an assistant turn left to train on")
+    if not (data.validation_file and Path(data.validation_file).is_file()):
+        return train, None
+    records = read_canonical(data.validation_file, data.max_eval_samples)
+    validation = encode_records(records, tokenizer, description="Validation", **encode)
+    return train, (validation if validation.examples else None)
+
+
+def plan_run(run: Run, train_split):
+    """Print the plan and stop when it cannot fit; shapes come from a meta-device model (nothing loaded yet)."""
+    from qwentune.train.distributed import describe_processes, memory_for_this_process, world_size, zero_stage_of
+    from qwentune.train.plan import RunPlan, model_shape, with_overrides
+
+    shape = model_shape(run.config)
+    if run.config.data.batching == "packed" and not shape.supports_packing:
+        run.notice("this model's attention ignores per-example positions, so packing would mix examples: data.batching grouped.")
+        run.config = with_overrides(run.config, ["data.batching=grouped"])
+    plan = RunPlan(
+        config=run.config,
+        shape=shape,
+        precision=run.precision,
+        device=run.device,
+        processes=describe_processes(run.deepspeed, run.config, run.device),
+        lengths=train_split.lengths,
+        trained_tokens=train_split.trained_tokens,
+        world_size=world_size(),
+        zero_stage=zero_stage_of(run.deepspeed),
+    )
+    available = memory_for_this_process(run.device)
+    line = plan.describe(available)
+    run.say(f"[bold]Plan:[/bold] {line}")
+    run.logger.info("plan %s", line)
+    if run.config.optimization.check_memory:
+        plan.check_fits(available)
+    return shape
+
+
+def build_model(run: Run):
+    """The model with its attention for the batching, prepared for the fine-tuning method."""
+    from qwentune.model.adapters import count_parameters, prepare_for_finetuning
+    from qwentune.model.loader import load_causal_lm
+    from qwentune.train.attention import packed_attention
+    from qwentune.train.distributed import join_deepspeed_processes
+
+    config = run.config
+    if run.deepspeed is not None:
+        join_deepspeed_processes(run.device)
+    attention = config.model.attn_implementation
+    if config.data.batching == "packed" and attention in (None, "sdpa"):
+        attention = packed_attention(run.device)
+    model = load_causal_lm(
+        config.model.model_name_or_path,
+        dtype=run.precision.dtype,
+        quantization_bit=config.model.quantization_bit,
+        trust_remote_code=config.model.trust_remote_code,
+        attn_implementation=attention,
+    )
+    model = prepare_for_finetuning(model, config, fp32_trainable=run.precision.fp16)
+    trainable, total = count_parameters(model)
+    run.logger.info("parameters trainable %d total %d attention %s", trainable, total, attention)
+    return model
+
+
+def build_trainer(run: Run, model, tokenizer, train_split, eval_split, shape, meta: dict, debug: bool):
+    from transformers import EarlyStoppingCallback, Trainer
+    from transformers.trainer_callback import PrinterCallback
+
+    from qwentune.data.dataset import ExampleDataset
+    from qwentune.train.arguments import make_collator, training_arguments
+    from qwentune.train.callbacks import CheckpointFilesCallback, LogFileCallback, ThroughputCallback
+    from qwentune.train.debug import describe_batch
+    from qwentune.train.distributed import world_size
+    from qwentune.train.progress import RichProgressCallback
+
+    training = run.config.training
+    arguments = training_arguments(
+        run.config, run.precision, device=run.device, has_eval=eval_split is not None, deepspeed=run.deepspeed, world_size=world_size()
+    )
+    train_dataset = ExampleDataset(train_split.examples)
+    collator = make_collator(run.config, tokenizer.pad_token_id, shape.accepts_logits_to_keep)
+    if debug:
+        run.say(f"  {describe_batch(collator([train_dataset[i] for i in range(min(2, len(train_dataset)))]))}")
+    callbacks = [
+        ThroughputCallback(),  # first: it adds tokens/s to the logs the others write out
+        LogFileCallback(run.logger),
+        CheckpointFilesCallback(model, tokenizer, meta, keep=training.save_total_limit),
+        RichProgressCallback(),
+    ]
+    if "tensorboard" in training.report_to and run.main:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=training.logging_dir)))
+    if eval_split is not None and training.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience))
+    trainer = Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=train_dataset,
+        eval_dataset=ExampleDataset(eval_split.examples) if eval_split is not None else None,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # the progress callback prints instead
+    return trainer
+
+
+def save_output(run: Run, trainer, result, tokenizer, meta: dict, started: float) -> dict:
+    """What inference needs, in the output folder itself; the run's summary goes into its metadata."""
+    from qwentune.model.checkpoint import save_inference_files
+    from qwentune.train.callbacks import ThroughputCallback, plot_loss_curve, write_loss_history
+
+    output_dir = Path(run.config.training.output_dir)
+    model = trainer.model
+    model.config.use_cache = True  # off only for training (prepare_for_finetuning)
+    trainer.save_model(str(output_dir))
+    throughput = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ThroughputCallback))
+    summary = {
+        "train_loss": result.training_loss,
+        "global_step": result.global_step,
+        "seconds": round(time.time() - started, 3),
+        **throughput.summary(),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_eval_loss": trainer.state.best_metric,
+    }
+    if run.main:
+        save_inference_files(output_dir, model, tokenizer, {**meta, "train_summary": summary})
+        curve = write_loss_history(output_dir, trainer.state.log_history)
+        plot_loss_curve(curve, output_dir / "loss_curve.png")
+        run.logger.info("done %s", summary)
+        console.print(
+            f"[green]Training done[/green] in {summary['seconds']:.0f}s: {result.global_step} steps, "
+            f"mean loss {result.training_loss:.4f}, {summary['tokens_per_second'] or 0:,.0f} tokens/s. "
+            f"Model: {output_dir}  Log: {Path(run.config.training.logging_dir) / 'training.log'}"
+        )
+    return summary
+
+
+def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
     from qwentune.model.checkpoint import COMPLETE_MARKER, latest_checkpoint
 
     if resume is None:
@@ -60,181 +325,11 @@ def _resolve_resume(resume: str | None, output_dir: Path) -> str | None:
     return str(folder)
 
 
-def _report_platform(config: TrainConfig, device: str) -> None:
-    if config.mindspeed.use_mindspeed and device != "npu":
-        notice(f"mindspeed.use_mindspeed is set but no Ascend NPU is available: training with PyTorch on {device}.")
+def quiet_library_noise() -> None:
+    """Silence import-time chatter that says nothing about this run."""
+    import warnings
 
-
-def _training_dtype(config: TrainConfig, device: str):
-    """The weights' dtype; half precision only where the device trains in it, else fp32 with a notice."""
-    import torch
-
-    from qwentune.model.device import bf16_supported, resolve_dtype
-
-    dtype = resolve_dtype(config.model.torch_dtype, device)
-    half_ok = {torch.bfloat16: bf16_supported(device), torch.float16: device != "cpu"}
-    if dtype in half_ok and not half_ok[dtype]:
-        notice(f"model.torch_dtype {config.model.torch_dtype} is not supported for training on {device}: using float32.")
-        return torch.float32
-    for flag in ("fp16", "bf16"):
-        if getattr(config.training, flag) and device == "cpu":
-            notice(f"training.{flag} needs an accelerator: mixed precision is off on cpu.")
-            setattr(config.training, flag, False)
-    return dtype
-
-
-def run_training(
-    config: TrainConfig,
-    *,
-    resume_from_checkpoint: str | None = None,
-    debug: bool = False,
-    deepspeed: str | None = None,
-) -> dict:
-    from transformers import Trainer, TrainingArguments, set_seed
-    from transformers.integrations import TensorBoardCallback
-
-    from qwentune.data.dataset import ExampleDataset, PaddingCollator, encode_records, read_canonical
-    from qwentune.data.tokenize import describe_example, load_tokenizer
-    from qwentune.model.adapters import count_parameters, prepare_for_finetuning
-    from qwentune.model.checkpoint import save_inference_files
-    from qwentune.model.device import select_device
-    from qwentune.model.loader import load_causal_lm
-    from qwentune.train.callbacks import (
-        CheckpointFilesCallback,
-        LogFileCallback,
-        file_logger,
-        plot_loss_curve,
-        write_loss_history,
-    )
-
-    started = time.time()
-    training = config.training
-    output_dir = Path(training.output_dir)
-    resume = _resolve_resume(resume_from_checkpoint, output_dir)
-    set_seed(training.seed)
-    device = select_device()
-    _report_platform(config, device)
-    logger = file_logger(Path(training.logging_dir) / "training.log")
-    logger.info("config %s", config.model_dump_json())
-
-    # Data
-    tokenizer = load_tokenizer(
-        config.model.tokenizer_name_or_path or config.model.model_name_or_path, config.model.trust_remote_code
-    )
-    limit = DEBUG_SAMPLES if debug else config.data.max_samples
-    encode = dict(
-        max_length=config.data.max_seq_length,
-        train_on_prompt=config.data.train_on_prompt,
-        last_turn_only=config.data.last_turn_only,
-        system_prompt=config.data.default_system_prompt,
-    )
-    train_split = encode_records(read_canonical(config.data.train_file, limit), tokenizer, **encode)
-    if not train_split.examples:
-        raise ValueError(f"{config.data.train_file}: no example has an assistant turn left to train on")
-    eval_split = None
-    validation_file = config.data.validation_file
-    if validation_file and Path(validation_file).is_file():
-        eval_limit = DEBUG_SAMPLES if debug else config.data.max_eval_samples
-        eval_split = encode_records(read_canonical(validation_file, eval_limit), tokenizer, description="Validation", **encode)
-    console.print("[bold]One training example[/bold] (labels: the tokens inside ⟦ ⟧ are trained):")
-    console.print(describe_example(tokenizer, train_split.examples[0]), markup=False)
-    if train_split.truncated:
-        notice(f"{train_split.truncated} training examples were longer than data.max_seq_length and were truncated")
-
-    # Model
-    dtype = _training_dtype(config, device)
-    model = load_causal_lm(
-        config.model.model_name_or_path,
-        dtype=dtype,
-        quantization_bit=config.model.quantization_bit,
-        trust_remote_code=config.model.trust_remote_code,
-        attn_implementation=config.model.attn_implementation,
-    )
-    model = prepare_for_finetuning(model, config)
-    trainable, total = count_parameters(model)
-    tokens = sum(len(e.input_ids) for e in train_split.examples)
-    plan = (
-        f"{config.training.finetuning_type} on {device} ({str(dtype).removeprefix('torch.')}): "
-        f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
-        f"{len(train_split.examples)} examples, {tokens:,} tokens per epoch"
-    )
-    console.print(f"[bold]Plan:[/bold] {plan}")
-    logger.info("plan %s", plan)
-
-    # Trainer
-    has_eval = eval_split is not None and len(eval_split.examples) > 0
-    arguments = TrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=training.num_train_epochs,
-        max_steps=DEBUG_STEPS if debug else training.max_steps,
-        per_device_train_batch_size=training.per_device_train_batch_size,
-        per_device_eval_batch_size=training.per_device_eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=training.learning_rate,
-        weight_decay=training.weight_decay,
-        warmup_steps=training.warmup_ratio,
-        lr_scheduler_type=training.lr_scheduler_type,
-        optim=training.optim,
-        max_grad_norm=training.max_grad_norm,
-        logging_steps=1 if debug else training.logging_steps,
-        save_steps=training.save_steps,
-        save_total_limit=training.save_total_limit,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=training.eval_steps,
-        seed=training.seed,
-        fp16=training.fp16,
-        bf16=training.bf16,
-        gradient_checkpointing=False,  # enabled in prepare_for_finetuning, before adapters wrap the model
-        dataloader_pin_memory=training.dataloader_pin_memory and device != "cpu",
-        dataloader_num_workers=training.dataloader_num_workers,
-        report_to=[],
-        remove_unused_columns=False,
-        deepspeed=deepspeed,
-        ddp_find_unused_parameters=False if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
-    )
-    meta = {
-        "base_model": config.model.model_name_or_path,
-        "finetuning_type": config.training.finetuning_type,
-        "system_prompt": config.data.default_system_prompt,
-        "train_file": config.data.train_file,
-        "train_examples": len(train_split.examples),
-        "config": config.model_dump(),
-    }
-    from torch.utils.tensorboard import SummaryWriter
-
-    callbacks = [
-        LogFileCallback(logger),
-        CheckpointFilesCallback(model, tokenizer, meta),
-        TensorBoardCallback(SummaryWriter(log_dir=training.logging_dir)),
-    ]
-    if has_eval and training.early_stopping_patience:
-        from transformers import EarlyStoppingCallback
-
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience))
-        arguments.load_best_model_at_end = True
-        arguments.metric_for_best_model = "eval_loss"
-        arguments.greater_is_better = False
-    trainer = Trainer(
-        model=model,
-        args=arguments,
-        train_dataset=ExampleDataset(train_split.examples),
-        eval_dataset=ExampleDataset(eval_split.examples) if has_eval else None,
-        data_collator=PaddingCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
-    result = trainer.train(resume_from_checkpoint=resume)
-
-    # Final output: what inference needs, in the output folder itself.
-    trainer.save_model(str(output_dir))
-    summary = {"train_loss": result.training_loss, "global_step": result.global_step, "seconds": time.time() - started}
-    if trainer.is_world_process_zero():
-        save_inference_files(output_dir, model, tokenizer, {**meta, "train_summary": summary})
-        curve = write_loss_history(output_dir, trainer.state.log_history)
-        plot_loss_curve(curve, output_dir / "loss_curve.png")
-        logger.info("done %s", summary)
-        console.print(
-            f"[green]Training done[/green] in {summary['seconds']:.0f}s: {result.global_step} steps, "
-            f"mean loss {result.training_loss:.4f}. Model: {output_dir}  Log: {Path(training.logging_dir) / 'training.log'}"
-        )
-    return summary
+    # bitsandbytes (imported by peft) warns on each CPU import that an optional `kernels` package is missing.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # peft still calls a transformers API renamed in v5.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)

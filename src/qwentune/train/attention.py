@@ -1,0 +1,74 @@
+"""Attention for packed rows: each example attends only to itself, at the cost of its own length.
+
+A packed row holds several examples with `position_ids` restarting at 0 for each. Given no
+attention mask, transformers sees the restarts: flash-attention runs varlen kernels, and
+sdpa/eager get a block-diagonal 4-D mask over the whole row. That mask is correct but costs
+the full row length squared and keeps sdpa off its fused causal kernel; on CPU it ate the
+packing gain in a peer toolkit. `packed_sdpa` instead runs causal sdpa on each example's
+slice of the row: exact isolation, no mask, and attention work of sum(len_i^2).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+
+PACKED_SDPA = "qwentune_packed_sdpa"
+
+
+def example_bounds(position_ids: torch.Tensor) -> list[int]:
+    """Start offsets of the examples in a packed row, and its end: [0, 37, 120, ..., length]."""
+    starts = (position_ids[0] == 0).nonzero().flatten().tolist()
+    return [*starts, position_ids.shape[-1]] if starts and starts[0] == 0 else [0, position_ids.shape[-1]]
+
+
+def packed_sdpa_forward(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None, position_ids=None, **kwargs
+):
+    """Causal sdpa per example. query/key/value: (1, heads, row_length, head_dim)."""
+    if attention_mask is not None or position_ids is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+        raise ValueError(
+            f"{PACKED_SDPA} attention takes one packed row with position_ids and no attention mask "
+            "(training with data.batching: packed); load the model with sdpa for anything else"
+        )
+    bounds = example_bounds(position_ids)
+    if sliding_window and max(end - start for start, end in zip(bounds[:-1], bounds[1:])) > sliding_window:
+        raise ValueError(
+            f"an example is longer than the model's sliding attention window ({sliding_window}), which "
+            f"{PACKED_SDPA} does not apply: use data.batching: grouped"
+        )
+    groups = getattr(module, "num_key_value_groups", 1)
+    outputs = [
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            dropout_p=dropout,
+            is_causal=True,
+            scale=scaling,
+            enable_gqa=groups > 1,
+        )
+        for start, end in zip(bounds[:-1], bounds[1:])
+    ]
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(PACKED_SDPA, packed_sdpa_forward)
+
+
+def flash_attention_available(device: str) -> bool:
+    if not device.startswith("cuda"):
+        return False
+    from transformers.utils import is_flash_attn_2_available
+
+    return is_flash_attn_2_available()
+
+
+def packed_attention(device: str) -> str:
+    """The attention to train packed rows with: flash-attention varlen where installed on CUDA, else per-example sdpa."""
+    return "flash_attention_2" if flash_attention_available(device) else PACKED_SDPA
+
+
+def supports_packing(model) -> bool:
+    """Models built on transformers' attention interface honour per-example position_ids; remote code may not."""
+    return bool(getattr(model, "_supports_attention_backend", False))
