@@ -77,6 +77,18 @@ def test_lora_output_holds_what_inference_needs(lora_run, qwen_tokenizer):
     assert meta["train_summary"]["global_step"] == 4
 
 
+def test_saved_tokenizer_prompts_inference_as_training_rendered(lora_run, data, qwen_tokenizer):
+    """Inference builds its prompt with the saved tokenizer (Qwen3 template, thinking off); it must be the trained prefix."""
+    from qwentune.data.tokenize import encode_conversation, encode_prompt, load_tokenizer
+
+    saved = load_tokenizer(str(lora_run[0] / "out"))
+    messages = json.loads(data[0].read_text().splitlines()[0])["messages"]
+    trained = encode_conversation(qwen_tokenizer, messages)
+    prompt = encode_prompt(saved, messages[:-1])
+    assert trained.input_ids[: len(prompt)] == prompt
+    assert all(label == -100 for label in trained.labels[: len(prompt)])
+
+
 def test_checkpoints_are_complete_and_capped(lora_run):
     out = lora_run[0] / "out"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]  # save_total_limit: 1
