@@ -102,6 +102,15 @@ def test_model_shape_counts_what_peft_trains(tiny_qwen2):
     assert shape.supports_packing and shape.accepts_logits_to_keep and shape.layers == 2
 
 
+def test_lora_switches_reach_peft(tiny_qwen2):
+    from qwentune.train.plan import meta_model
+
+    model = meta_model(config(f"model.model_name_or_path={tiny_qwen2}", "lora.use_rslora=true", "lora.use_dora=true", "lora.r=4"))
+    peft_config = model.peft_config["default"]
+    assert (peft_config.use_rslora, peft_config.use_dora, peft_config.r) == (True, True, 4)
+    assert peft_config.target_modules == {"q_proj", "v_proj"}
+
+
 def test_steps_follow_batch_accumulation_processes_and_epochs():
     run = config("training.per_device_train_batch_size=4", "training.gradient_accumulation_steps=2", "training.num_train_epochs=3")
     assert count_steps(100, run, world_size=1) == 3 * (25 // 2)

@@ -160,10 +160,11 @@ def test_full_fine_tuning_with_gradient_checkpointing(tmp_path, tiny_qwen3, data
     assert json.loads((tmp_path / "out" / "config.json").read_text())["use_cache"] is True
 
 
-def test_qlora_4bit_trains_on_cpu(tmp_path, tiny_qwen2, data):
+@pytest.mark.parametrize("bits", [4, 8])
+def test_qlora_trains_on_cpu(tmp_path, tiny_qwen2, data, bits):
     pytest.importorskip("bitsandbytes")
     summary = run_training(
-        make_config(tmp_path, tiny_qwen2, data, "model.quantization_bit=4", "training.max_steps=2", "data.validation_file=null")
+        make_config(tmp_path, tiny_qwen2, data, f"model.quantization_bit={bits}", "training.max_steps=2", "data.validation_file=null")
     )
     assert summary["global_step"] == 2 and summary["train_loss"] > 0
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()

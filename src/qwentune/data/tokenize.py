@@ -42,7 +42,9 @@ def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER, trust_remote_code: boo
 
 def end_of_turn_token(tokenizer) -> str:
     """The token that closes an assistant turn: `<|im_end|>` for ChatML, else EOS."""
-    if CHATML_END_OF_TURN in tokenizer.get_vocab():
+    # convert_tokens_to_ids is a dict lookup; get_vocab() copies the whole 151k vocabulary on every call.
+    token_id = tokenizer.convert_tokens_to_ids(CHATML_END_OF_TURN)
+    if token_id is not None and token_id != tokenizer.unk_token_id:
         return CHATML_END_OF_TURN
     return tokenizer.eos_token
 

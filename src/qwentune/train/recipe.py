@@ -57,7 +57,9 @@ def run_training(
 ) -> dict:
     """Train as `config` says; returns the run's summary (also saved in the output's qwentune_meta.json)."""
     quiet_library_noise()
+    from qwentune.train.arguments import training_arguments
     from qwentune.train.debug import debug_config
+    from qwentune.train.distributed import world_size
 
     started = time.time()
     if debug:
@@ -69,6 +71,10 @@ def run_training(
     tokenizer, train_split, eval_split = prepare_data(run, debug)
     shape = plan_run(run, train_split)
     config = run.config  # the plan may change the batching
+    # The Trainer's arguments come before the model: with ZeRO-3 the weights then load already sharded.
+    arguments = training_arguments(
+        config, run.precision, device=run.device, has_eval=eval_split is not None, deepspeed=run.deepspeed, world_size=world_size()
+    )
     model = build_model(run)
     # Saved with every checkpoint and the final model: what inference needs to know about the run.
     meta = {
@@ -79,7 +85,7 @@ def run_training(
         "train_examples": len(train_split.examples),
         "config": config.model_dump(),
     }
-    trainer = build_trainer(run, model, tokenizer, train_split, eval_split, shape, meta, debug)
+    trainer = build_trainer(run, arguments, model, tokenizer, train_split, eval_split, shape, meta, debug)
     result = trainer.train(resume_from_checkpoint=resume)
     return save_output(run, trainer, result, tokenizer, meta, started)
 
@@ -230,21 +236,17 @@ def build_model(run: Run):
     return model
 
 
-def build_trainer(run: Run, model, tokenizer, train_split, eval_split, shape, meta: dict, debug: bool):
+def build_trainer(run: Run, arguments, model, tokenizer, train_split, eval_split, shape, meta: dict, debug: bool):
     from transformers import EarlyStoppingCallback, Trainer
     from transformers.trainer_callback import PrinterCallback
 
     from qwentune.data.dataset import ExampleDataset
-    from qwentune.train.arguments import make_collator, training_arguments
+    from qwentune.train.arguments import make_collator
     from qwentune.train.callbacks import CheckpointFilesCallback, LogFileCallback, ThroughputCallback
     from qwentune.train.debug import describe_batch
-    from qwentune.train.distributed import world_size
     from qwentune.train.progress import RichProgressCallback
 
     training = run.config.training
-    arguments = training_arguments(
-        run.config, run.precision, device=run.device, has_eval=eval_split is not None, deepspeed=run.deepspeed, world_size=world_size()
-    )
     train_dataset = ExampleDataset(train_split.examples)
     collator = make_collator(run.config, tokenizer.pad_token_id, shape.accepts_logits_to_keep)
     if debug:
