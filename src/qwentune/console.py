@@ -12,7 +12,8 @@ error_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def notice(message: str) -> None:
     """A one-line notice the user should read (a fallback taken, a setting changed)."""
-    console.print(Text.assemble(("note: ", "yellow"), message))
+    # soft_wrap: a notice stays one line in logs, whatever the terminal width.
+    console.print(Text.assemble(("note: ", "yellow"), message), soft_wrap=True)
 
 
 def error(message: str) -> None:
