@@ -327,6 +327,15 @@ def test_list_shows_every_builtin_dataset(capsys, wide_terminal):
     assert "vicgalle/alpaca-gpt4" in output
 
 
+def test_list_in_a_narrow_terminal_keeps_each_fact_on_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert run_in_process("--list") == 0
+    lines = capsys.readouterr().out.splitlines()
+    firefly = lines.index(next(line for line in lines if line.startswith("firefly ")))
+    assert lines[firefly + 1].strip() == "firefly, zh, 1.65M rows, licence: not stated"
+    assert lines[firefly + 2].strip() == "source: hub:YeungNLP/firefly-train-1.1M"
+
+
 def test_builtin_demo_entry_points_at_the_package_demo_data():
     assert load_registry().entries[DEMO_DATASET].source.local == DEMO_DATA_DIR.resolve()
     assert DEMO_DATASET not in load_registry().all_names()

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.table import Table
 
 from qwentune import paths
-from qwentune.console import console, notice
+from qwentune.console import console
 
 DATA_PRESET = "config/presets/quickstart_data.yaml"
 TRAIN_PRESET = "config/presets/quickstart_train.yaml"

@@ -34,7 +34,7 @@ from huggingface_hub.utils import filter_repo_objects
 from qwentune import __version__
 from qwentune.config.base import ConfigError
 from qwentune.console import console, notice
-from qwentune.data.registry import DEMO_DATASET, DatasetEntry, FileSpec, Registry, load_registry, registry_table
+from qwentune.data.registry import DEMO_DATASET, DatasetEntry, FileSpec, Registry, load_registry, registry_listing
 from qwentune.paths import RAW_DATA_DIR
 
 MIRROR_EXAMPLE = "https://hf-mirror.com"
@@ -460,12 +460,12 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         registry = load_registry(*([args.registry] if args.registry else []))
         if args.list:
-            console.print(registry_table(registry))
+            console.print(registry_listing(registry, console.width))
             return 0
         names = registry.all_names() if args.all else args.datasets or []
         if not names and not args.offline:
             console.print("Say which datasets to fetch: --datasets NAME [NAME ...], or --all. Available:")
-            console.print(registry_table(registry))
+            console.print(registry_listing(registry, console.width))
             return 2
         results = download_datasets(
             names,

@@ -21,7 +21,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, model_validator
 from rich import box
+from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from qwentune.config.base import ConfigError, StrictModel, format_validation_error
 from qwentune.paths import RAW_DATA_DIR
@@ -213,8 +215,26 @@ def _formats(entry: DatasetEntry) -> str:
     return ", ".join(found) or "auto"
 
 
+LISTING_TITLE = "Datasets (python data/download_data.py --datasets NAME ...)"
+# Below this many columns the seven-column table wraps every cell into slivers: list instead.
+TABLE_MIN_WIDTH = 120
+
+
+def registry_listing(registry: Registry, width: int) -> RenderableType:
+    """--list: a table in a wide terminal, else one block per dataset (readable at any width, and in logs)."""
+    if width >= TABLE_MIN_WIDTH:
+        return registry_table(registry)
+    blocks: list[RenderableType] = [Text(LISTING_TITLE, style="italic")]
+    for name, entry in registry.entries.items():
+        size = f"{_count(entry.size)} rows" if entry.size is not None else "size not listed"
+        facts = f"{_formats(entry)}, {entry.language}, {size}, licence: {entry.licence}"
+        blocks.append(Text.assemble("\n", (name, "bold"), f"  {entry.description}"))
+        blocks.append(Text(f"  {facts}\n  source: {entry.source.describe()}"))
+    return Group(*blocks)
+
+
 def registry_table(registry: Registry) -> Table:
-    table = Table(title="Datasets (python data/download_data.py --datasets NAME ...)", box=box.SIMPLE_HEAD)
+    table = Table(title=LISTING_TITLE, box=box.SIMPLE_HEAD)
     # Names are what users type and the short columns are single words: never cut those;
     # in a narrow terminal the long columns wrap instead.
     table.add_column("name", no_wrap=True, min_width=max(map(len, registry.entries), default=4))
