@@ -157,4 +157,19 @@ def test_deduplicator_keeps_lowest_key_whatever_the_order():
         dedup = clean.Deduplicator()
         for content, key in order:
             dedup.offer(content, key)
-        assert dedup.keeps(clean.content_key(first), 3) and not dedup.keeps(clean.content_key(first), 5)
+        dedup.offer(clean.content_key(different), 9)
+        dedup.decide()
+        assert dedup.winners_between(0, 1 << 64) == {(3, clean.content_key(first)), (9, clean.content_key(different))}
+        assert dedup.winners_between(4, 9) == set()
+
+
+def test_deduplicator_prefers_a_pinned_record_and_handles_full_64_bit_keys():
+    top = (1 << 64) - 1
+    dedup = clean.Deduplicator()
+    dedup.offer(7, 1)
+    dedup.offer(7, top, pinned=True)
+    dedup.offer(8, top)
+    dedup.offer(8, top - 1)
+    dedup.decide()
+    assert dedup.winners_between(0, 1 << 64) == {(top, 7), (top - 1, 8)}
+    assert dedup.winners_between(top, 1 << 64) == {(top, 7)}

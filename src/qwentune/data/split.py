@@ -61,12 +61,6 @@ def assign_split(point: float, ratios: dict[str, float]) -> str:
     return next(name for name in reversed(SPLITS) if ratios[name] > 0)
 
 
-def _dedup_priority(order: int, pinned: bool) -> int:
-    """Lowest wins among duplicates: a pinned record before any other (a held-out question must not
-    lose to a copy that would then land in train), then the lowest order key."""
-    return order - (1 << 64) if pinned else order
-
-
 @dataclass(frozen=True)
 class Mixing:
     weight: float = 1.0
@@ -109,7 +103,9 @@ class SplitWriter:
         content = content_key(record)
         pinned = record.pinned_split
         if self.dedup is not None:
-            self.dedup.offer(content, _dedup_priority(keys.order, bool(pinned)))
+            # A pinned record wins among duplicates: a held-out question must not lose to a copy
+            # that would then land in train.
+            self.dedup.offer(content, keys.order, pinned=bool(pinned))
         split = pinned or assign_split(keys.split_point, self.ratios)
         if pinned or split != "train":
             copies = 1
@@ -140,17 +136,30 @@ class SplitWriter:
             handle.close()
         counts: dict[str, SourceCounts] = defaultdict(SourceCounts)
         taken: Counter = Counter()  # per source, records counted against its cap
+        if self.dedup is not None:
+            self.dedup.decide()
+        shift = 64 - _BUCKET_BITS
         for index in sorted(self.buckets):
             path = self.work_dir / f"bucket-{index:03d}.tsv"
             with path.open(encoding="utf-8") as handle:
                 lines = sorted(handle)
             path.unlink()
-            written_here: set[tuple[str, str]] = set()  # (order, content) already written from this bucket
+            # (order, content) of the records to keep in this bucket's key range, and of those already written.
+            winners = self.dedup.winners_between(index << shift, (index + 1) << shift) if self.dedup else None
+            written_here: set[tuple[int, int]] = set()
             for line in lines:
                 order_hex, content_hex, split, pinned, copies, lang, source, record_json, provenance = line.rstrip(
                     "\n"
                 ).split("\t")
-                verdict = self._verdict(order_hex, content_hex, pinned == "p", int(copies), source, taken, written_here)
+                verdict = self._verdict(
+                    (int(order_hex, 16), int(content_hex, 16)),
+                    pinned == "p",
+                    int(copies),
+                    source,
+                    taken,
+                    winners,
+                    written_here,
+                )
                 if verdict is not None:
                     file, line_number, raw = json.loads(provenance)
                     reject(Reject(source, file, line_number, *verdict, raw))
@@ -168,19 +177,20 @@ class SplitWriter:
 
     def _verdict(
         self,
-        order_hex: str,
-        content_hex: str,
+        pair: tuple[int, int],
         pinned: bool,
         copies: int,
         source: str,
         taken: Counter,
+        winners: set | None,
         written_here: set,
     ) -> tuple[str, str] | None:
-        """(reason, detail) when the record is not written, else None (and the record is counted)."""
-        if self.dedup is not None:
-            pair = (order_hex, content_hex)
-            priority = _dedup_priority(int(order_hex, 16), pinned)
-            if not self.dedup.keeps(int(content_hex, 16), priority) or pair in written_here:
+        """(reason, detail) when the record is not written, else None (and the record is counted).
+
+        `pair` is the record's (order key, content key); the same pair twice is the same record read twice.
+        """
+        if winners is not None:
+            if pair not in winners or pair in written_here:
                 return "duplicate", "the same conversation (whitespace aside) is kept from another record"
             written_here.add(pair)
         if pinned:

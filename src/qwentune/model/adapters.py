@@ -73,7 +73,11 @@ def prepare_for_finetuning(model, config: TrainConfig, *, fp32_trainable: bool =
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     elif checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers renamed the switch (the old name warns and goes in v6); older 5.x only has the old one.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # With frozen embeddings no input needs grad, and checkpointed blocks would get no gradient.
         model.enable_input_require_grads()
     # Training needs no KV cache; and with one, transformers stops reading packed position_ids as

@@ -333,5 +333,6 @@ def quiet_library_noise() -> None:
 
     # bitsandbytes (imported by peft) warns on each CPU import that an optional `kernels` package is missing.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    # peft still calls a transformers API renamed in v5.
+    # peft still calls transformers APIs renamed in v5 (QLoRA preparation enables checkpointing by the old name).
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*deprecated", category=FutureWarning)

@@ -120,14 +120,20 @@ def system_messages(data: dict) -> list[dict]:
     return [{"role": "system", "content": system}] if system.strip() else []
 
 
-def tools_meta(data: dict) -> dict:
-    """Tool definitions, decoded when the source stores them as a JSON string (glaive, LLaMA-Factory)."""
-    tools = data.get("tools")
-    if isinstance(tools, str):
+def decoded_json(value: Any) -> Any:
+    """`value` decoded when it is JSON text (sources store tool definitions and call arguments
+    either way); other text, and anything not text, as it is."""
+    if isinstance(value, str):
         try:
-            tools = json.loads(tools)
+            return json.loads(value)
         except ValueError:
             pass
+    return value
+
+
+def tools_meta(data: dict) -> dict:
+    """Tool definitions (glaive and LLaMA-Factory store them as a JSON string)."""
+    tools = decoded_json(data.get("tools"))
     return {"tools": tools} if tools not in (None, "", []) else {}
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from qwentune.data.formats.base import (
     Conversation,
     ConversionError,
     Converter,
+    decoded_json,
     first_turn,
     register,
     sharegpt_messages,
@@ -96,12 +95,7 @@ class OpenAIConverter(Converter):
             function = call.get("function", call) if isinstance(call, dict) else None
             if not isinstance(function, dict) or "name" not in function:
                 raise ConversionError("wrong_type", f"message {index} has a tool call without a function name")
-            arguments = function.get("arguments")
-            if isinstance(arguments, str):
-                try:
-                    arguments = json.loads(arguments)
-                except ValueError:
-                    pass
+            arguments = decoded_json(function.get("arguments"))
             calls.append(tool_call_text({"name": function["name"], "arguments": arguments}))
         return "\n".join(part for part in (content, *calls) if part)
 
