@@ -25,9 +25,9 @@ from qwentune.assets import (
     AssetError,
     asset_path,
     asset_status,
-    cache_dir,
     resolve_model_name,
 )
+from qwentune.paths import cache_dir
 
 QWEN_VOCAB_SIZE = 151_669
 

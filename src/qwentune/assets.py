@@ -41,6 +41,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from qwentune.console import console, notice
+from qwentune.paths import cache_dir
 
 EMBEDDED_PREFIX = "embedded:"
 MANIFEST_NAME = ".qwentune-manifest.json"
@@ -94,12 +95,6 @@ ASSETS: dict[str, Asset] = {
 
 
 # ---------------------------------------------------------------- public API
-
-
-def cache_dir() -> Path:
-    """Where assets live: `$QWENTUNE_CACHE`, else `~/.cache/qwentune` (read on every call)."""
-    configured = os.environ.get("QWENTUNE_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "qwentune"
 
 
 def resolve_model_name(name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 RAW_DATA_DIR = Path("data/raw")
@@ -14,3 +15,12 @@ TRAINING_LOG = LOGS_DIR / "training.log"
 
 # The package's own shipped demo data (written by us; see data/demo/README.md).
 DEMO_DATA_DIR = Path(__file__).parent / "data" / "demo"
+
+
+def cache_dir() -> Path:
+    """qwentune's cache (embedded assets, downloaded URLs): `$QWENTUNE_CACHE`, else `~/.cache/qwentune`.
+
+    Read on every call, so a value set later in the process is honoured.
+    """
+    configured = os.environ.get("QWENTUNE_CACHE")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "qwentune"

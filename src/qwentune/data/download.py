@@ -25,20 +25,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from huggingface_hub import constants as hf_constants
-from huggingface_hub import get_session, snapshot_download
+from huggingface_hub import snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import filter_repo_objects
 
-from qwentune import __version__
+from qwentune import __version__, hub
 from qwentune.config.base import ConfigError
 from qwentune.console import console, notice
 from qwentune.data.registry import DEMO_DATASET, DatasetEntry, FileSpec, Registry, load_registry, registry_listing
-from qwentune.paths import RAW_DATA_DIR
-
-MIRROR_EXAMPLE = "https://hf-mirror.com"
-PROBE_TIMEOUT_S = 10
+from qwentune.paths import RAW_DATA_DIR, cache_dir
 
 
 class DownloadError(RuntimeError):
@@ -148,29 +144,14 @@ class Network:
         self.offline = offline
         self._unreachable: dict[str, str | None] = {}
 
-    @staticmethod
-    def hub_endpoint() -> str:
-        # huggingface_hub reads HF_ENDPOINT once, at import; read it per call so a value set
-        # later in the process (a notebook, quick_start) is honoured too.
-        return (os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT).rstrip("/")
-
     def require(self, url: str) -> None:
         server = "{0.scheme}://{0.netloc}".format(urlsplit(url))
         if self.offline:
             raise NetworkUnavailable(f"--offline, and {url} was not downloaded before")
         if server not in self._unreachable:
-            self._unreachable[server] = self._probe(server)
+            self._unreachable[server] = hub.probe(server)
         if self._unreachable[server]:
             raise NetworkUnavailable(f"{server} could not be reached ({self._unreachable[server]})")
-
-    @staticmethod
-    def _probe(server: str) -> str | None:
-        """None when the server answers at all, whatever the status; else why not."""
-        try:
-            get_session().head(server, timeout=PROBE_TIMEOUT_S, follow_redirects=True)
-        except Exception as exc:  # the hub client's transport errors differ between huggingface_hub versions
-            return f"{type(exc).__name__}: {exc}"
-        return None
 
 
 def _select(available: list[str], specs: list[FileSpec] | None, where: str) -> list[tuple[str, FileSpec]]:
@@ -196,7 +177,7 @@ def _files_under(folder: Path) -> list[str]:
 
 def fetch_hub(entry: DatasetEntry, network: Network) -> list[FetchedFile]:
     source = entry.source
-    endpoint = network.hub_endpoint()
+    endpoint = hub.hub_endpoint()
     try:
         # Offline, snapshot_download answers from the cache alone; online it checks the repo, then
         # downloads what is missing (resuming a dropped transfer) with a progress bar.
@@ -238,8 +219,7 @@ def fetch_hub(entry: DatasetEntry, network: Network) -> list[FetchedFile]:
 
 def download_cache() -> Path:
     """Where URL downloads are kept, so a second run (or --offline) finds them."""
-    root = os.environ.get("QWENTUNE_CACHE") or Path.home() / ".cache" / "qwentune"
-    return Path(root).expanduser() / "downloads"
+    return cache_dir() / "downloads"
 
 
 def url_cache_path(url: str) -> Path:
@@ -412,7 +392,7 @@ def explain_failures(failures: list[DownloadResult], raw_dir: Path, *, offline: 
         if offline:
             lines.append("  - run again without --offline")
         elif any(result.entry.source.kind == "hub" for result in unreachable):
-            lines.append(f"  - use a Hugging Face mirror: export HF_ENDPOINT={MIRROR_EXAMPLE}, then run it again")
+            lines.append(f"  - use a Hugging Face mirror: export HF_ENDPOINT={hub.MIRROR_EXAMPLE}, then run it again")
         lines.append(f"  - or put the files in {raw_dir}/<name>/ yourself:")
         for result in unreachable:
             lines.append(f"      {result.name}: {_where_to_get(result.entry)}")

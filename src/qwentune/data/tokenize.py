@@ -20,17 +20,19 @@ CHATML_END_OF_TURN = "<|im_end|>"
 def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER, trust_remote_code: bool = False):
     """A fast tokenizer by hub id, local folder or embedded name, with a pad token set.
 
-    Raises OSError with what to do when a hub id cannot be reached.
+    Raises ModelUnavailable (an OSError) with what to do when it cannot be found or fetched.
     """
     from transformers import AutoTokenizer
 
     from qwentune.assets import resolve_model_name
+    from qwentune.hub import ModelUnavailable, from_pretrained_kwargs
 
     path = resolve_model_name(name_or_path)
+    access = from_pretrained_kwargs(path, "tokenizer")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **access)
     except OSError as exc:
-        raise OSError(
+        raise ModelUnavailable(
             f"could not load the tokenizer '{name_or_path}': {exc}\n"
             "If the Hugging Face hub is unreachable, set HF_ENDPOINT to a mirror, pass a local folder, "
             f"or use the embedded Qwen tokenizer ('{DEFAULT_TOKENIZER}')."

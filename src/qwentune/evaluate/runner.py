@@ -40,7 +40,14 @@ def run_cli(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         error(str(exc))
         return 2
-    run_evaluation(config)
+    from qwentune.assets import AssetError
+    from qwentune.hub import ModelUnavailable
+
+    try:
+        run_evaluation(config)
+    except (FileNotFoundError, ModelUnavailable, AssetError) as exc:
+        error(str(exc))
+        return 2
     return 0
 
 

@@ -6,6 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from qwentune.assets import resolve_model_name
+from qwentune.hub import ModelUnavailable, from_pretrained_kwargs
 
 
 def quantization_config(bits: int | None, compute_dtype: torch.dtype):
@@ -34,7 +35,11 @@ def load_causal_lm(
     device_map: dict | str | None = None,
 ):
     path = resolve_model_name(name_or_path)
-    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, **from_pretrained_kwargs(path)}
+    if kwargs.get("local_files_only"):
+        # AutoModel's look for an adapter config does not inherit local_files_only (transformers 5.x)
+        # and would retry the unreachable hub for half a minute.
+        kwargs["adapter_kwargs"] = {"local_files_only": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if device_map is not None:
@@ -45,7 +50,7 @@ def load_causal_lm(
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
-        raise OSError(
+        raise ModelUnavailable(
             f"could not load the model '{name_or_path}' (not a local folder, so it was looked up on the hub): {exc}\n"
             "If the Hugging Face hub is unreachable: set HF_ENDPOINT to a mirror, download the model and pass "
             "its folder, or use the embedded demo model (embedded:demo-model)."

@@ -37,12 +37,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    from qwentune.assets import AssetError
+    from qwentune.hub import ModelUnavailable
     from qwentune.train.plan import DoesNotFitError
 
     try:
         config = load_config(TrainConfig, args.config, args.overrides)
         run_training(config, resume_from_checkpoint=args.resume_from_checkpoint, debug=args.debug, deepspeed=args.deepspeed)
-    except (ConfigError, DoesNotFitError, FileNotFoundError) as exc:
+    except (ConfigError, DoesNotFitError, FileNotFoundError, ModelUnavailable, AssetError) as exc:
         error(str(exc))
         return 2
     return 0
