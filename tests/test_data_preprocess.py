@@ -212,6 +212,17 @@ def test_validate_only_writes_nothing_and_sets_the_exit_code(tmp_path, tokenizer
     assert main(["preprocess", "--input_dir", str(tmp_path / "missing"), "--validate_only"]) == 1
 
 
+def test_a_run_with_no_input_files_leaves_earlier_outputs_alone(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train.jsonl").write_text("earlier\n")
+    assert main(["preprocess", "--input_dir", str(tmp_path / "missing"), "--output_dir", str(out)]) == 1
+    assert sorted(path.name for path in out.iterdir()) == ["train.jsonl"]
+    assert (out / "train.jsonl").read_text() == "earlier\n"
+    printed = capsys.readouterr().out
+    assert f"input folder not found: {tmp_path / 'missing'}" in printed and "nothing written" in printed
+
+
 def test_cli_flags_and_config_errors(tmp_path, capsys, tokenizer_available):
     raw = copy_fixtures(tmp_path / "raw")
     out = tmp_path / "out"

@@ -155,7 +155,8 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessReport:
     if files and (count_lengths or config.show_example):
         tokenizer, tokenizer_path = _load_tokenizer(config.tokenizer or _default_tokenizer())
 
-    write_dir = None if config.validate_only else config.output_dir
+    # With no input file there is nothing to write: earlier outputs stay as they are.
+    write_dir = None if config.validate_only or not files else config.output_dir
     if write_dir is not None:
         write_dir.mkdir(parents=True, exist_ok=True)
     outputs = OutputFiles(write_dir)
@@ -367,12 +368,14 @@ def print_report(report: PreprocessReport, config: PreprocessConfig) -> None:
     for problem in report.problems:
         colour = "red" if problem.level == "error" else "yellow"
         where = f"{problem.file}: " if problem.file else ""
-        console.print(f"[{colour}]{problem.level}:[/{colour}] {where}{problem.message}")
+        console.print(f"[{colour}]{problem.level}:[/{colour}] {where}{problem.message}", soft_wrap=True)
     rate = totals["in"] / report.seconds if report.seconds else 0
     timing = f"{report.seconds:.1f} s, {rate:,.0f} records/s"
     if config.validate_only:
         verdict = "[red]errors found[/red]" if report.errors else "[green]no errors[/green]"
         console.print(f"validate only: nothing written; {verdict} ({timing})")
+    elif not report.written:
+        console.print(f"nothing written to {config.output_dir} (no input files)")
     else:
         copies = stats["outputs"]["train.jsonl"] - totals["train"]
         copies_note = f" (+{copies:,} weighted copies)" if copies else ""
