@@ -60,8 +60,9 @@ def label_problems(split: EncodedSplit, tokenizer, train_on_prompt: bool = False
 
 
 def describe_batch(batch: dict) -> str:
+    """One line on what the collator made of a few examples (not a whole training batch)."""
     shapes = ", ".join(f"{key} {tuple(value.shape)}" for key, value in batch.items())
-    line = f"first batch: {shapes}"
+    line = f"the first examples collated: {shapes}"
     if "position_ids" in batch:
         line += f"; {int((batch['position_ids'][0] == 0).sum())} examples packed in one row"
     return line

@@ -132,7 +132,12 @@ def zero_stage_of(deepspeed: str | dict | None) -> int:
 
 
 def prepare_platform(config: TrainConfig, device: str) -> None:
-    """On Ascend, MindSpeed's adaptor when asked for and installed; elsewhere one line on what runs instead."""
+    """On CPU, DeepSpeed told so; on Ascend, MindSpeed's adaptor when asked for and installed; elsewhere one
+    line on what runs instead of MindSpeed."""
+    if device == "cpu":
+        # DeepSpeed (imported by accelerate when installed) would otherwise probe for an accelerator and
+        # log a warning in every run; a value the user set wins.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not config.mindspeed.use_mindspeed:
         return
     if device != "npu":

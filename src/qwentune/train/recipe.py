@@ -252,7 +252,7 @@ def build_trainer(run: Run, arguments, model, tokenizer, train_split, eval_split
     train_dataset = ExampleDataset(train_split.examples)
     collator = make_collator(run.config, tokenizer.pad_token_id, shape.accepts_logits_to_keep)
     if debug:
-        run.say(f"  {describe_batch(collator([train_dataset[i] for i in range(min(2, len(train_dataset)))]))}")
+        run.say(f"  {describe_batch(collator([train_dataset[i] for i in range(min(2, len(train_dataset)))]))}", soft_wrap=True)
     callbacks = [
         ThroughputCallback(),  # first: it adds tokens/s to the logs the others write out
         LogFileCallback(run.logger),
