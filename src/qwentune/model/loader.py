@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import torch
 from transformers import AutoModelForCausalLM
 
 from qwentune.assets import resolve_model_name
 from qwentune.hub import ModelUnavailable, from_pretrained_kwargs
+
+
+def quiet_library_noise() -> None:
+    """Silence library chatter that says nothing about this run (training and inference both call it)."""
+    # bitsandbytes (imported by peft) warns on each CPU import that an optional `kernels` package is missing.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # peft still calls transformers APIs renamed in v5 (loading an adapter asks is_gradient_checkpointing;
+    # QLoRA preparation enables checkpointing by the old name).
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*deprecated", category=FutureWarning)
 
 
 def quantization_config(bits: int | None, compute_dtype: torch.dtype):
@@ -78,6 +91,7 @@ def load_for_inference(
 
     from transformers import GenerationConfig
 
+    quiet_library_noise()
     from qwentune.data.tokenize import load_tokenizer
     from qwentune.model.checkpoint import (
         ADAPTER_CONFIG,

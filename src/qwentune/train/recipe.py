@@ -58,7 +58,9 @@ def run_training(
     deepspeed: str | None = None,
 ) -> dict:
     """Train as `config` says; returns the run's summary (also saved in the output's qwentune_meta.json)."""
-    quiet_library_noise()
+    from qwentune.model.loader import quiet_library_noise
+
+    quiet_library_noise()  # before the imports below bring peft and bitsandbytes in
     from qwentune.train.arguments import training_arguments
     from qwentune.train.debug import debug_config
     from qwentune.train.distributed import world_size
@@ -327,14 +329,3 @@ def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
             "checkpoint). Use --resume_from_checkpoint latest to pick the newest complete one."
         )
     return str(folder)
-
-
-def quiet_library_noise() -> None:
-    """Silence import-time chatter that says nothing about this run."""
-    import warnings
-
-    # bitsandbytes (imported by peft) warns on each CPU import that an optional `kernels` package is missing.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    # peft still calls transformers APIs renamed in v5 (QLoRA preparation enables checkpointing by the old name).
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*deprecated", category=FutureWarning)
