@@ -26,6 +26,7 @@ Edge cases, one rule for every text metric:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Collection, Sequence
@@ -208,6 +209,22 @@ def rouge(predictions: Sequence[str], references: Sequence[str], langs: Sequence
 # ---------------------------------------------------------------- BERTScore
 
 
+@functools.lru_cache(maxsize=1)
+def _bert_scorer(model_path: str, num_layers: int, batch_size: int, device: str):
+    """One loaded encoder for every dataset and model of an evaluation run (each load re-reads the weights)."""
+    from bert_score import BERTScorer  # heavy import, only when something is scored
+
+    return BERTScorer(
+        # A local folder works as model_type; bert-score cannot infer the layer for it.
+        model_type=model_path,
+        num_layers=num_layers,
+        batch_size=batch_size,
+        device=device,
+        idf=False,
+        rescale_with_baseline=False,
+    )
+
+
 def bertscore(
     predictions: Sequence[str],
     references: Sequence[str],
@@ -240,17 +257,7 @@ def bertscore(
         if lang in encoder_langs and not _is_blank(predictions[index]) and not _is_blank(references[index])
     ]
     if scorable:
-        from bert_score import BERTScorer  # heavy import, only when something is scored
-
-        scorer = BERTScorer(
-            # A local folder works as model_type; bert-score cannot infer the layer for it.
-            model_type=str(model_path),
-            num_layers=num_layers,
-            batch_size=batch_size,
-            device=device,
-            idf=False,
-            rescale_with_baseline=False,
-        )
+        scorer = _bert_scorer(str(model_path), num_layers, batch_size, device)
         _, _, f1 = scorer.score([predictions[i] for i in scorable], [references[i] for i in scorable])
         for index, value in zip(scorable, f1.tolist()):
             per_sample[index] = value
