@@ -322,8 +322,9 @@ class Deduplicator:
         first = np.ones(len(ranked), dtype=bool)
         first[1:] = ranked_contents[1:] != ranked_contents[:-1]
         winners = ranked[first]
-        by_order = np.argsort(orders[winners], kind="stable")
-        self._winner_orders = orders[winners][by_order]
+        winner_orders = orders[winners]
+        by_order = np.argsort(winner_orders, kind="stable")
+        self._winner_orders = winner_orders[by_order]
         self._winner_contents = contents[winners][by_order]
         self._contents, self._orders, self._unpinned = array("Q"), array("Q"), array("B")
 
@@ -331,10 +332,7 @@ class Deduplicator:
         """(order, content) of the kept records whose order key lies in [low, high)."""
         import numpy as np
 
+        # high - 1 with side="right": the range's end as an inclusive key, which fits 64 bits even for the last range.
         start = int(np.searchsorted(self._winner_orders, np.uint64(low), side="left"))
-        end = (
-            len(self._winner_orders)
-            if high > 0xFFFF_FFFF_FFFF_FFFF
-            else int(np.searchsorted(self._winner_orders, np.uint64(high), side="left"))
-        )
+        end = int(np.searchsorted(self._winner_orders, np.uint64(high - 1), side="right"))
         return set(zip(self._winner_orders[start:end].tolist(), self._winner_contents[start:end].tolist()))

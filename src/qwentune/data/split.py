@@ -34,6 +34,7 @@ from qwentune.data.record import SPLITS, Record, Reject
 
 CHINESE_TEST = "chinese_test"
 _BUCKET_BITS = 8
+_BUCKET_SHIFT = 64 - _BUCKET_BITS  # a key's bucket: its top _BUCKET_BITS bits
 _UNIT = float(1 << 64)
 
 
@@ -128,7 +129,7 @@ class SplitWriter:
             record.to_json(),
             provenance,
         )
-        self._bucket(keys.order >> (64 - _BUCKET_BITS)).write("\t".join(fields) + "\n")
+        self._bucket(keys.order >> _BUCKET_SHIFT).write("\t".join(fields) + "\n")
 
     def finish(self, write: Callable[[str, str], None], reject: Callable[[Reject], None]) -> dict[str, SourceCounts]:
         """Write kept records with write(split_name, json_line) in key order; report the others."""
@@ -138,14 +139,13 @@ class SplitWriter:
         taken: Counter = Counter()  # per source, records counted against its cap
         if self.dedup is not None:
             self.dedup.decide()
-        shift = 64 - _BUCKET_BITS
         for index in sorted(self.buckets):
             path = self.work_dir / f"bucket-{index:03d}.tsv"
             with path.open(encoding="utf-8") as handle:
                 lines = sorted(handle)
             path.unlink()
             # (order, content) of the records to keep in this bucket's key range, and of those already written.
-            winners = self.dedup.winners_between(index << shift, (index + 1) << shift) if self.dedup else None
+            winners = self.dedup.winners_between(index << _BUCKET_SHIFT, (index + 1) << _BUCKET_SHIFT) if self.dedup else None
             written_here: set[tuple[int, int]] = set()
             for line in lines:
                 order_hex, content_hex, split, pinned, copies, lang, source, record_json, provenance = line.rstrip(

@@ -87,11 +87,11 @@ def load_for_inference(
     saved), or float32 / bfloat16 / float16.
     `info` says what was loaded: model_path, adapter, base_model, device, dtype, system_prompt.
     """
+    quiet_library_noise()
     from pathlib import Path
 
     from transformers import GenerationConfig
 
-    quiet_library_noise()
     from qwentune.data.tokenize import load_tokenizer
     from qwentune.model.checkpoint import (
         ADAPTER_CONFIG,
