@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
+
+from qwentune.errors import EXIT_INTERRUPTED, QwentuneError
 
 # stage -> module exposing configure_parser(parser) and run_cli(args) -> int
 COMMANDS = {
@@ -38,9 +42,25 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.stage][0])
     try:
         return module.run_cli(args)
+    except QwentuneError as exc:
+        return _report(exc)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def _verbose() -> bool:
+    return os.environ.get("QWENTUNE_DEBUG", "") not in ("", "0")
+
+
+def _report(exc: QwentuneError) -> int:
+    """The one place an error reaches the user: one line (and its advice) on stderr."""
+    from qwentune.console import error
+
+    if _verbose():
+        traceback.print_exception(exc)
+    error(exc.message if not exc.advice else f"{exc.message}\n  {exc.advice}")
+    return exc.exit_code
 
 
 if __name__ == "__main__":
