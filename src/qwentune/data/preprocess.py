@@ -5,8 +5,8 @@
 
 Outputs in output_dir: train.jsonl, validation.jsonl, test.jsonl, chinese_test.jsonl (the
 Chinese records of test), rejects.jsonl (one line per dropped record: file, line, source,
-reason, detail, original) and stats.json. They are written under temporary names and renamed
-at the end, so a failed run leaves the previous outputs in place.
+reason, detail, original) and stats.json. They are published as one set or not at all
+(data/outputs.py): a run with an error, or one that is killed, leaves the previous set as it was.
 
 Accounting. Every raw record read (a line, an array element, a Parquet row) becomes items:
 one per conversation a converter makes of it, or one reject. That is one item per record,
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -40,8 +39,10 @@ from qwentune.config.preprocess import PreprocessConfig
 from qwentune.console import console
 from qwentune.data import clean
 from qwentune.data.inputs import OUTPUT_FILES, InputFile, Intake, Problem, plan_inputs
+from qwentune.data.outputs import OutputSet
 from qwentune.data.record import SPLITS, Reject
 from qwentune.data.split import CHINESE_TEST, Mixing, SourceCounts, SplitWriter
+from qwentune.fsutil import fault_point
 
 _SPLIT_FILES = {
     "train": "train.jsonl",
@@ -57,6 +58,8 @@ class PreprocessReport:
     problems: list[Problem]
     written: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    cleaned: list[Path] = field(default_factory=list)  # working folders of killed runs, removed
+    atomic: bool = True  # the outputs were published in one step (see data/outputs.py)
 
     @property
     def errors(self) -> list[Problem]:
@@ -70,55 +73,10 @@ class PreprocessReport:
 # ---------------------------------------------------------------------------- outputs
 
 
-class OutputFiles:
-    """The split files and rejects.jsonl, written under temporary names and renamed by commit().
-
-    With no folder (validate_only) lines are only counted.
-    """
-
-    def __init__(self, folder: Path | None):
-        self.folder = folder
-        self.handles: dict[str, object] = {}
-        self.lines: Counter = Counter()
-        self.first_line: dict[str, str] = {}
-
-    def write(self, name: str, line: str) -> None:
-        self.lines[name] += 1
-        self.first_line.setdefault(name, line)
-        if self.folder is None:
-            return
-        handle = self.handles.get(name)
-        if handle is None:
-            handle = self.handles[name] = (self.folder / f".{name}.tmp").open("w", encoding="utf-8")
-        handle.write(line + "\n")
-
-    def commit(self, stats: dict) -> list[Path]:
-        if self.folder is None:
-            return []
-        for name in OUTPUT_FILES[:-1]:  # every split file exists, even when empty
-            if name not in self.handles:
-                self.handles[name] = (self.folder / f".{name}.tmp").open("w", encoding="utf-8")
-        for handle in self.handles.values():
-            handle.close()
-        with (self.folder / ".stats.json.tmp").open("w", encoding="utf-8") as handle:
-            json.dump(stats, handle, ensure_ascii=False, indent=2)
-            handle.write("\n")
-        written = []
-        for name in OUTPUT_FILES:
-            os.replace(self.folder / f".{name}.tmp", self.folder / name)
-            written.append(self.folder / name)
-        return written
-
-    def discard(self) -> None:
-        for name, handle in self.handles.items():
-            handle.close()
-            (self.folder / f".{name}.tmp").unlink(missing_ok=True)
-
-
 class RejectLog:
     """Counts rejects per dataset and reason, and writes each to rejects.jsonl."""
 
-    def __init__(self, outputs: OutputFiles):
+    def __init__(self, outputs: OutputSet):
         self.outputs = outputs
         self.by_source: dict[str, Counter] = defaultdict(Counter)
 
@@ -157,14 +115,12 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessReport:
 
     # With no input file there is nothing to write: earlier outputs stay as they are.
     write_dir = None if config.validate_only or not files else config.output_dir
-    if write_dir is not None:
-        write_dir.mkdir(parents=True, exist_ok=True)
-    outputs = OutputFiles(write_dir)
+    outputs = OutputSet(write_dir)
     rejects = RejectLog(outputs)
     tokens = TokenStats()
     intake = Intake(files, config, problems)
     try:
-        with tempfile.TemporaryDirectory(prefix=".qwentune-spool-", dir=write_dir) as spool:
+        with tempfile.TemporaryDirectory(prefix=".qwentune-spool-", dir=outputs.spool_parent) as spool:
             splitter = SplitWriter(
                 Path(spool),
                 seed=config.seed,
@@ -197,14 +153,21 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessReport:
                     else:
                         splitter.add(item)
                     advance()
+                fault_point("preprocess:spooled")
             kept = splitter.finish(lambda split, line: outputs.write(_SPLIT_FILES[split], line), rejects)
         stats = build_stats(config, files, kept, rejects, tokens, outputs, problems)
-        written = outputs.commit(stats)
-    except BaseException:
-        if write_dir is not None:
-            outputs.discard()
-        raise
-    report = PreprocessReport(stats=stats, problems=problems, written=written, seconds=time.perf_counter() - started)
+        # A run with an error publishes nothing: the previous outputs stay exactly as they were.
+        written = [] if any(p.level == "error" for p in problems) else outputs.commit(stats)
+    finally:
+        outputs.discard()
+    report = PreprocessReport(
+        stats=stats,
+        problems=problems,
+        written=written,
+        seconds=time.perf_counter() - started,
+        cleaned=outputs.cleaned,
+        atomic=outputs.atomic,
+    )
     print_report(report, config)
     if config.show_example and tokenizer is not None:
         print_example(tokenizer, outputs.first_line.get("train.jsonl"))
@@ -269,7 +232,7 @@ def build_stats(
     kept: dict[str, SourceCounts],
     rejects: RejectLog,
     tokens: TokenStats,
-    outputs: OutputFiles,
+    outputs: OutputSet,
     problems: list[Problem],
 ) -> dict:
     """The stats.json document; also adds the problems only the totals reveal."""
@@ -337,6 +300,9 @@ def build_stats(
 def print_report(report: PreprocessReport, config: PreprocessConfig) -> None:
     from rich.table import Table
 
+    for folder in report.cleaned:
+        console.print(f"removed {folder} (left by a preprocess run that was killed)", soft_wrap=True)
+
     stats = report.stats
     table = Table(title="Preprocessing: records by dataset", title_justify="left")
     for column in ("dataset", "format", "read", "in", "train", "validation", "test", "rejected"):
@@ -375,7 +341,8 @@ def print_report(report: PreprocessReport, config: PreprocessConfig) -> None:
         verdict = "[red]errors found[/red]" if report.errors else "[green]no errors[/green]"
         console.print(f"validate only: nothing written; {verdict} ({timing})")
     elif not report.written:
-        console.print(f"nothing written to {config.output_dir} (no input files)")
+        why = "the run had errors" if report.errors else "no input files"
+        console.print(f"nothing written to {config.output_dir} ({why}); earlier outputs there are unchanged")
     else:
         copies = stats["outputs"]["train.jsonl"] - totals["train"]
         copies_note = f" (+{copies:,} weighted copies)" if copies else ""
@@ -384,6 +351,12 @@ def print_report(report: PreprocessReport, config: PreprocessConfig) -> None:
             f"{totals['validation']:,}, test {totals['test']:,} (Chinese {totals[CHINESE_TEST]:,}), "
             f"rejects {totals['rejected']:,}, stats.json ({timing})"
         )
+        if not report.atomic:
+            console.print(
+                "[yellow]note:[/yellow] the files were replaced one by one (the folder could not be swapped "
+                "in one step: a mount point, a read-only parent or a filesystem without RENAME_EXCHANGE)",
+                soft_wrap=True,
+            )
 
 
 def print_example(tokenizer, line: str | None) -> None:
@@ -393,7 +366,9 @@ def print_example(tokenizer, line: str | None) -> None:
     if line is None:
         return
     record = json.loads(line)
-    example = encode_conversation(tokenizer, record["messages"])
+    # A preference record is shown with its chosen reply (or its KTO completion).
+    reply = record.get("chosen") or record.get("completion")
+    example = encode_conversation(tokenizer, record["messages"] + ([reply] if reply else []))
     console.rule(f"example training record {record['id']} ({record['source']})")
     console.print(describe_example(tokenizer, example), markup=False, highlight=False)
     console.rule()
@@ -467,8 +442,4 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    try:
-        return run_preprocess(config_from_args(args)).exit_code
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
+    return run_preprocess(config_from_args(args)).exit_code
