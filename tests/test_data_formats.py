@@ -102,11 +102,14 @@ def test_sharegpt():
     assert turns(records[1]) == [
         ("system", "You can call functions."),
         ("user", "What is the weather in Paris?"),
-        ("assistant", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'),
+        ("assistant", ""),
         ("tool", '{"temperature": 21}'),
         ("assistant", "It is 21 degrees in Paris."),
     ]
-    assert records[1].meta["tools"][0]["name"] == "get_weather"  # decoded from its JSON string
+    # The call and the definitions stay structured (definitions decoded from their JSON string).
+    assert records[1].messages[2]["tool_calls"] == [{"name": "get_weather", "arguments": {"city": "Paris"}}]
+    assert records[1].tools[0]["function"]["name"] == "get_weather"
+    assert "tools" not in records[1].meta
     assert turns(records[2])[-1] == ("user", "苹果 香蕉 橘子")  # kept here; cleaning rejects it
     assert reasons(items) == [(28, "unknown_role")]
 
@@ -125,11 +128,13 @@ def test_openai():
     assert records[1].id == "tool-1"
     assert turns(records[1]) == [
         ("user", "Weather in Rome?"),
-        ("assistant", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>'),
+        ("assistant", ""),
         ("tool", '{"temperature": 25}'),
         ("assistant", "It is 25 degrees in Rome."),
     ]
-    assert records[1].meta["tools"] == [{"type": "function", "function": {"name": "get_weather"}}]
+    assert records[1].messages[1]["tool_calls"][0]["name"] == "get_weather"
+    assert records[1].messages[1]["tool_calls"][0]["arguments"] == {"city": "Rome"}  # decoded from JSON text
+    assert records[1].tools == [{"type": "function", "function": {"name": "get_weather"}}]
     assert turns(records[2]) == [("system", "You are a happy assistant."), ("assistant", "You're great!")]
     assert reasons(items) == [(5, "not_an_object"), (6, "misplaced_system")]
 

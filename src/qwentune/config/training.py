@@ -43,6 +43,10 @@ class DataConfig(StrictModel):
     train_on_prompt: bool = False
     # Loss on the final assistant turn only.
     last_turn_only: bool = False
+    # Reasoning (Qwen3 hybrid thinking): "auto" trains each record as its data has it (a think block
+    # where there is reasoning, the non-thinking form elsewhere); "on" trains a think block in every
+    # turn (empty without reasoning); "off" drops reasoning. See docs/tools_and_reasoning.md.
+    thinking: Literal["auto", "on", "off"] = "auto"
     # System prompt for conversations that have none; saved with the model so inference uses it too.
     # (Some templates insert their own default otherwise, e.g. SmolLM2 names itself in it.)
     default_system_prompt: str | None = None

@@ -95,7 +95,7 @@ def empty_input(record: Record) -> str | None:
 
 def empty_output(record: Record) -> str | None:
     for index, message in enumerate(record.messages):
-        if message["role"] == "assistant" and not message["content"].strip():
+        if message["role"] == "assistant" and not message["content"].strip() and not message.get("tool_calls"):
             return f"assistant turn {index} is empty"
     return None
 
@@ -168,15 +168,17 @@ def _load_worker_tokenizer(tokenizer_path: str) -> None:
     _worker_tokenizer = load_tokenizer(tokenizer_path)
 
 
-def count_tokens(tokenizer, conversations: list[list[dict]]) -> list[int | str]:
+def count_tokens(tokenizer, conversations: list) -> list[int | str]:
     """Tokens of each conversation as rendered by the tokenizer's chat template (with the end-of-turn
-    tokens), or the template's error message when it cannot render one."""
-    from qwentune.data.tokenize import render
+    tokens and tool definitions), or the template's error message when it cannot render one. An item
+    is a list of messages or a (messages, tools) pair."""
+    from qwentune.data.tokenize import render, with_thinking
 
     texts, results = [], []
-    for messages in conversations:
+    for item in conversations:
+        messages, tools = item if isinstance(item, tuple) else (item, None)  # (messages, tool definitions)
         try:
-            texts.append(render(tokenizer, messages))
+            texts.append(render(tokenizer, with_thinking(tokenizer, messages), tools=tools))
             results.append(None)
         except Exception as exc:  # a template may refuse a conversation; that is one record's problem
             results.append(f"the chat template cannot render it: {exc}")
@@ -219,7 +221,7 @@ class TokenCounter:
             self.pool.join()
 
     def _submit(self, batch: list[Record]):
-        conversations = [record.messages for record in batch]
+        conversations = [(record.messages, record.tools) for record in batch]
         if self.pool is None:
             return batch, count_tokens(self.tokenizer, conversations)
         return batch, self.pool.apply_async(_count_in_worker, (conversations,))

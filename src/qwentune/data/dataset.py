@@ -65,6 +65,7 @@ def encode_records(
     train_on_prompt: bool = False,
     last_turn_only: bool = False,
     system_prompt: str | None = None,
+    thinking: str = "auto",
     description: str = "Tokenizing",
 ) -> EncodedSplit:
     examples, truncated, without_targets = [], 0, []
@@ -75,6 +76,8 @@ def encode_records(
             train_on_prompt=train_on_prompt,
             last_turn_only=last_turn_only,
             max_length=max_length,
+            tools=record.get("tools"),
+            thinking=thinking,
         )
         truncated += example.truncated
         if example.num_trained_tokens == 0:

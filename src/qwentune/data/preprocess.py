@@ -368,7 +368,9 @@ def print_example(tokenizer, line: str | None) -> None:
     record = json.loads(line)
     # A preference record is shown with its chosen reply (or its KTO completion).
     reply = record.get("chosen") or record.get("completion")
-    example = encode_conversation(tokenizer, record["messages"] + ([reply] if reply else []))
+    example = encode_conversation(
+        tokenizer, record["messages"] + ([reply] if reply else []), tools=record.get("tools")
+    )
     console.rule(f"example training record {record['id']} ({record['source']})")
     console.print(describe_example(tokenizer, example), markup=False, highlight=False)
     console.rule()

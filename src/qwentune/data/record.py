@@ -1,8 +1,14 @@
 """The canonical record every format converts into, and the reject that explains a dropped one.
 
     {"id": "...", "source": "alpaca_gpt4_data", "lang": "en",
+     "tools": [{"type": "function", "function": {"name", "description", "parameters"}}],   (only when defined)
      "messages": [{"role": "system|user|assistant|tool", "content": "..."}],
      "meta": {}}
+
+An assistant message may also hold `reasoning_content` (its think block, text) and `tool_calls`
+([{"name", "arguments": {...}, "id"?}]); a tool message may hold `tool_call_id` and `name`.
+Tool data is kept structured (see qwentune.data.toolcalls), never pre-rendered: the model's
+own chat template renders it at tokenizing time.
 
 A raw record may pin its split with a top-level "split" key; it is kept in meta["split"].
 Each record also carries its `origin` (file, line, raw record) through the pipeline so that a
@@ -18,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qwentune.data.lang import detect_lang
+from qwentune.data.toolcalls import ToolCallError, check_calls, normalise_call, normalise_tools
 
 ROLES = ("system", "user", "assistant", "tool")
 SPLITS = ("train", "validation", "test")
@@ -60,13 +67,19 @@ class Record:
     messages: list[dict]
     meta: dict = field(default_factory=dict)
     origin: Origin | None = None
+    tools: list[dict] = field(default_factory=list)
 
     @property
     def pinned_split(self) -> str | None:
         return self.meta.get("split")
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "source": self.source, "lang": self.lang, "messages": self.messages, "meta": self.meta}
+        data = {"id": self.id, "source": self.source, "lang": self.lang}
+        if self.tools:
+            data["tools"] = self.tools
+        data["messages"] = self.messages
+        data["meta"] = self.meta
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, default=str)
@@ -110,6 +123,10 @@ def stable_id(source: str, messages: list[dict]) -> str:
     for message in messages:
         # Separators that cannot occur in a role keep ("ab", "c") and ("a", "bc") apart.
         digest.update(b"\x00" + message["role"].encode() + b"\x1f" + message["content"].encode("utf-8"))
+        # Only when present, so ids of plain records stay what they were.
+        for key in ("reasoning_content", "tool_calls"):
+            if message.get(key):
+                digest.update(b"\x1d" + key.encode() + json.dumps(message[key], sort_keys=True).encode("utf-8"))
     return digest.hexdigest()
 
 
@@ -137,7 +154,33 @@ def _check_messages(messages: Any) -> list[dict]:
         if role == "system" and index != 0:
             # Chat templates place the system prompt first; anywhere else it would be silently moved or lost.
             raise InvalidRecord("misplaced_system", f"system message at position {index}; only the first may be system")
-        checked.append({"role": role, "content": content})
+        checked.append(_checked_extras(index, role, content, message))
+    return checked
+
+
+def _checked_extras(index: int, role: str, content: str, message: dict) -> dict:
+    """The message with the structured fields its role may carry (reasoning, tool calls, call id)."""
+    checked = {"role": role, "content": content}
+    if role == "assistant":
+        reasoning = message.get("reasoning_content")
+        if reasoning is not None:
+            if not isinstance(reasoning, str):
+                raise InvalidRecord("wrong_type", f"message {index} reasoning_content is not text")
+            checked["reasoning_content"] = reasoning
+        calls = message.get("tool_calls")
+        if calls:
+            if not isinstance(calls, list):
+                raise InvalidRecord("wrong_type", f"message {index} tool_calls is not a list")
+            try:
+                checked["tool_calls"] = [
+                    normalise_call(call, f"message {index} tool call {number}") for number, call in enumerate(calls)
+                ]
+            except ToolCallError as exc:
+                raise InvalidRecord(exc.reason, exc.detail) from None
+    elif role == "tool":
+        for key in ("tool_call_id", "name"):
+            if isinstance(message.get(key), str) and message[key]:
+                checked[key] = message[key]
     return checked
 
 
@@ -150,13 +193,20 @@ def make_record(
     split: Any = None,
     lang: str | None = None,
     origin: Origin | None = None,
+    tools: Any = None,
 ) -> Record:
-    """Validate `messages` and build a record; raises InvalidRecord with a reason and a sentence.
+    """Validate `messages` (and `tools`, the definitions its calls must name) and build a record;
+    raises InvalidRecord with a reason and a sentence.
 
     `id` is kept when the source has one (as text); otherwise a content hash.
     `lang` is detected from the user and assistant text unless a valid one is given.
     """
     checked = _check_messages(messages)
+    try:
+        definitions = normalise_tools(tools)
+        check_calls(checked, definitions)
+    except ToolCallError as exc:
+        raise InvalidRecord(exc.reason, exc.detail) from None
     meta = dict(meta or {})
     split = split if split is not None else meta.get("split")
     if split is not None:
@@ -164,4 +214,6 @@ def make_record(
     record_id = str(id) if id is not None and str(id) != "" else stable_id(source, checked)
     if lang not in LANGS:
         lang = detect_lang(conversation_text(checked))
-    return Record(id=record_id, source=source, lang=lang, messages=checked, meta=meta, origin=origin)
+    return Record(
+        id=record_id, source=source, lang=lang, messages=checked, meta=meta, origin=origin, tools=definitions
+    )

@@ -140,7 +140,7 @@ def qwen_style_messages(messages: list[dict], tools: list[dict]) -> list[dict]:
     for message in rest:
         if message["role"] == "assistant" and message.get("tool_calls"):
             parts = [message["content"]] if message["content"] else []
-            text = "\n".join(parts + [call_text(call) for call in message["tool_calls"]])
+            text = "\n".join(parts + [call_text(normalise_call(call)) for call in message["tool_calls"]])
             converted.append({**_plain(message), "content": text})
         elif message["role"] == "tool":
             block = f"<tool_response>\n{message['content']}\n</tool_response>"

@@ -174,6 +174,7 @@ def load_splits(config: TrainConfig, tokenizer):
         train_on_prompt=data.train_on_prompt,
         last_turn_only=data.last_turn_only,
         system_prompt=data.default_system_prompt,
+        thinking=data.thinking,
     )
     train = encode_records(read_canonical(data.train_file, data.max_samples), tokenizer, **encode)
     if not train.examples:

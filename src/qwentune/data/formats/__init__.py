@@ -5,10 +5,10 @@ records, or a Reject with a reason (never an exception that stops the run). Form
 records only make sense together (flat OASST message rows) collect in `feed` and yield in
 `finish`. Each yielded record or reject is one item of the "in" count of stats.json.
 
-Role names of the sources map onto system / user / assistant / tool. A tool call made by the
-assistant (ShareGPT `function_call`, OpenAI `tool_calls`) becomes an assistant turn holding
-`<tool_call>\\n{json}\\n</tool_call>`, the form Qwen's chat template gives tool calls; tool
-results become `tool` turns; tool definitions are kept in meta["tools"].
+Role names of the sources map onto system / user / assistant / tool. Tool data stays
+structured: definitions in the record's `tools`, a call made by the assistant (ShareGPT
+`function_call`, OpenAI `tool_calls`) in the assistant turn's `tool_calls`, results as `tool`
+turns; reasoning (a separate field or a leading `<think>` block) in `reasoning_content`.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from qwentune.data.readers import RawRecord
+from qwentune.data.reasoning import split_reasoning
 from qwentune.data.record import InvalidRecord, Origin, Record, Reject, make_record
 
 
@@ -29,6 +30,7 @@ class Conversation:
     id: Any = None
     meta: dict = field(default_factory=dict)
     lang: str | None = None
+    tools: Any = None  # definitions as the source gives them; validated and normalised by make_record
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class Converter:
                     split=data.get("split"),
                     lang=conversation.lang,
                     origin=origin,
+                    tools=conversation.tools,
                 )
             except InvalidRecord as exc:
                 yield self.reject(line, data, exc.reason, exc.detail)
@@ -110,11 +113,6 @@ def text_field(data: dict, key: str, *, required: bool = True) -> str:
     return value
 
 
-def tool_call_text(call: Any) -> str:
-    body = call if isinstance(call, str) else json.dumps(call, ensure_ascii=False)
-    return f"<tool_call>\n{body}\n</tool_call>"
-
-
 def system_messages(data: dict) -> list[dict]:
     system = text_field(data, "system", required=False)
     return [{"role": "system", "content": system}] if system.strip() else []
@@ -131,10 +129,32 @@ def decoded_json(value: Any) -> Any:
     return value
 
 
-def tools_meta(data: dict) -> dict:
-    """Tool definitions (glaive and LLaMA-Factory store them as a JSON string)."""
-    tools = decoded_json(data.get("tools"))
-    return {"tools": tools} if tools not in (None, "", []) else {}
+# Fields Alpaca-style and chat records use for a reply's reasoning, apart from its text.
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking", "think")
+
+
+def assistant_message(content: str, where: str, reasoning: Any = None, tool_calls: Any = None) -> dict:
+    """An assistant message with its reasoning apart: from a separate field, or from a
+    `<think>…</think>` block that starts the content (R1-distilled sets)."""
+    inline = split_reasoning(content)
+    if inline.reasoning is not None:
+        if not inline.closed:
+            raise ConversionError("bad_reasoning", f"{where} opens <think> and never closes it")
+        if reasoning is not None:
+            raise ConversionError("bad_reasoning", f"{where} has both a reasoning field and a <think> block")
+        reasoning, content = inline.reasoning, inline.answer
+    if reasoning is not None and not isinstance(reasoning, str):
+        raise ConversionError("wrong_type", f"{where} reasoning is a {type(reasoning).__name__}, not text")
+    message = {"role": "assistant", "content": content}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return message
+
+
+def reasoning_field(data: dict) -> Any:
+    return next((data[key] for key in REASONING_KEYS if data.get(key) is not None), None)
 
 
 SHAREGPT_ROLES = {
@@ -150,6 +170,8 @@ SHAREGPT_ROLES = {
 
 
 def sharegpt_messages(turns: Any) -> list[dict]:
+    """ShareGPT turns; a `function_call` turn (a call, or a list of parallel calls, as JSON) joins
+    the assistant text right before it or stands as an assistant turn of its own."""
     if not isinstance(turns, list):
         raise ConversionError("wrong_type", "'conversations' is not a list")
     messages = []
@@ -163,7 +185,18 @@ def sharegpt_messages(turns: Any) -> list[dict]:
             raise ConversionError("unknown_role", f"turn {index} is from {tag!r}")
         if not isinstance(value, str):
             raise ConversionError("wrong_type", f"turn {index} value is a {type(value).__name__}, not text")
-        messages.append({"role": role, "content": tool_call_text(value) if tag == "function_call" else value})
+        if tag.lower() == "function_call":
+            calls = decoded_json(value)
+            calls = calls if isinstance(calls, list) else [value]
+            previous = messages[-1] if messages else None
+            if previous and previous["role"] == "assistant" and not previous.get("tool_calls"):
+                previous["tool_calls"] = calls
+            else:
+                messages.append({"role": "assistant", "content": "", "tool_calls": calls})
+        elif role == "assistant":
+            messages.append(assistant_message(value, f"turn {index}", reasoning_field(turn)))
+        else:
+            messages.append({"role": role, "content": value})
     return messages
 
 

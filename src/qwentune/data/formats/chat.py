@@ -6,13 +6,12 @@ from qwentune.data.formats.base import (
     Conversation,
     ConversionError,
     Converter,
-    decoded_json,
+    assistant_message,
     first_turn,
+    reasoning_field,
     register,
     sharegpt_messages,
     system_messages,
-    tool_call_text,
-    tools_meta,
 )
 
 
@@ -37,7 +36,9 @@ class CanonicalConverter(Converter):
         meta = dict(meta)
         if data.get("source") not in (None, "", self.source):
             meta.setdefault("original_source", data["source"])
-        return [Conversation(data["messages"], id=data.get("id"), meta=meta, lang=data.get("lang"))]
+        # Files written before tools became a record field kept them in meta.
+        tools = data["tools"] if "tools" in data else meta.pop("tools", None)
+        return [Conversation(data["messages"], id=data.get("id"), meta=meta, lang=data.get("lang"), tools=tools)]
 
 
 OPENAI_ROLES = {
@@ -52,7 +53,8 @@ OPENAI_ROLES = {
 
 @register
 class OpenAIConverter(Converter):
-    """{"messages": [{"role", "content"}]}: content may be text parts; assistant tool_calls kept as text."""
+    """{"messages": [{"role", "content"}], "tools"?}: content may be text parts; assistant `tool_calls` and
+    `reasoning_content` (or `reasoning`) kept structured; tool results with their `tool_call_id`."""
 
     name = "openai"
 
@@ -72,11 +74,26 @@ class OpenAIConverter(Converter):
             role = OPENAI_ROLES.get(message.get("role"))
             if role is None:
                 raise ConversionError("unknown_role", f"message {index} has role {message.get('role')!r}")
-            converted.append({"role": role, "content": self.content(message, index)})
-        meta = tools_meta(data)
-        if data.get("images"):
-            meta["images"] = data["images"]
-        return [Conversation(converted, id=data.get("id"), meta=meta)]
+            converted.append(self.message(role, message, index))
+        meta = {"images": data["images"]} if data.get("images") else {}
+        return [Conversation(converted, id=data.get("id"), meta=meta, tools=data.get("tools"))]
+
+    @classmethod
+    def message(cls, role: str, message: dict, index: int) -> dict:
+        content = cls.content(message, index)
+        if role == "assistant":
+            calls = message.get("tool_calls") or []
+            if not isinstance(calls, list):
+                raise ConversionError("wrong_type", f"message {index} tool_calls is not a list")
+            if message.get("function_call"):  # the legacy single-call field
+                calls = [*calls, message["function_call"]]
+            return assistant_message(content, f"message {index}", reasoning_field(message), calls)
+        converted = {"role": role, "content": content}
+        if role == "tool":
+            for key in ("tool_call_id", "name"):
+                if message.get(key):
+                    converted[key] = message[key]
+        return converted
 
     @staticmethod
     def content(message: dict, index: int) -> str:
@@ -90,14 +107,7 @@ class OpenAIConverter(Converter):
             content = ""
         elif not isinstance(content, str):
             raise ConversionError("wrong_type", f"message {index} content is a {type(content).__name__}")
-        calls = []
-        for call in message.get("tool_calls") or []:
-            function = call.get("function", call) if isinstance(call, dict) else None
-            if not isinstance(function, dict) or "name" not in function:
-                raise ConversionError("wrong_type", f"message {index} has a tool call without a function name")
-            arguments = decoded_json(function.get("arguments"))
-            calls.append(tool_call_text({"name": function["name"], "arguments": arguments}))
-        return "\n".join(part for part in (content, *calls) if part)
+        return content
 
 
 @register
@@ -113,4 +123,4 @@ class ShareGPTConverter(Converter):
 
     def conversations(self, data: dict) -> list[Conversation]:
         messages = system_messages(data) + sharegpt_messages(data.get("conversations"))
-        return [Conversation(messages, id=data.get("id"), meta=tools_meta(data))]
+        return [Conversation(messages, id=data.get("id"), tools=data.get("tools"))]

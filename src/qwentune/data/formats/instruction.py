@@ -10,6 +10,8 @@ from qwentune.data.formats.base import (
     Conversation,
     ConversionError,
     Converter,
+    assistant_message,
+    reasoning_field,
     register,
     sharegpt_messages,
     system_messages,
@@ -23,6 +25,8 @@ class AlpacaConverter(Converter):
     """{"instruction", "input", "output", "system"?, "history"?: [[q, a], ...]}.
 
     The user turn is the instruction and the input joined by a newline (LLaMA-Factory's way).
+    Reasoning: a separate field (`reasoning_content`, `reasoning`, `thinking` or `think`) or a
+    `<think>…</think>` block that starts the output.
     Also reads Chinese-Vicuna's chat variant: "input" and "output" as parallel lists of turns.
     """
 
@@ -43,7 +47,8 @@ class AlpacaConverter(Converter):
             if part
         )
         messages = system_messages(data) + self.history(data.get("history"))
-        messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": text_field(data, "output")}]
+        reply = assistant_message(text_field(data, "output"), "'output'", reasoning_field(data))
+        messages += [{"role": "user", "content": prompt}, reply]
         return [Conversation(messages, id=data.get("id"))]
 
     @staticmethod
