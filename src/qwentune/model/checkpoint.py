@@ -90,6 +90,19 @@ def read_meta(folder: Path) -> dict:
 
 
 def base_model_of(folder: Path) -> str | None:
+def thinking_default(meta: dict) -> bool:
+    """Whether the model thinks unless told otherwise: as it was trained (`data.thinking: on`), else not.
+
+    Data without reasoning (and mixed data under `auto`) trains Qwen3's non-thinking form, so such
+    a model answers without a think block by default; `enable_thinking` per call still switches it.
+    An explicit `enable_thinking` in the metadata wins (an export keeps the value it was given).
+    """
+    if isinstance(meta.get("enable_thinking"), bool):
+        return meta["enable_thinking"]
+    data = (meta.get("config") or {}).get("data") or {}
+    return data.get("thinking") == "on"
+
+
     """The base model an adapter folder was trained from (our metadata first: it keeps embedded names)."""
     meta = read_meta(folder)
     if meta.get("base_model"):

@@ -85,7 +85,8 @@ def load_for_inference(
     template, system prompt and stop tokens come from what training saved next to the weights.
     `dtype`: "auto" (bf16 where the device has it, else fp32), "saved" (as the weights were
     saved), or float32 / bfloat16 / float16.
-    `info` says what was loaded: model_path, adapter, base_model, device, dtype, system_prompt.
+    `info` says what was loaded: model_path, adapter, base_model, device, dtype, system_prompt,
+    enable_thinking (the model's default: see checkpoint.thinking_default).
     """
     quiet_library_noise()
     from pathlib import Path
@@ -119,6 +120,7 @@ def load_for_inference(
         if not base:
             raise OSError(f"adapter '{folder}' does not name its base model; pass base_model (--base_model)")
         model = PeftModel.from_pretrained(load_causal_lm(base, **load), folder)
+        thinking_default,
         plain_model = model.get_base_model()
     else:
         base = meta.get("base_model", str(target))
@@ -142,3 +144,4 @@ def load_for_inference(
         "system_prompt": meta.get("system_prompt"),
     }
     return model, tokenizer, info
+        "enable_thinking": thinking_default(meta),

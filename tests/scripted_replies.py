@@ -1,0 +1,67 @@
+"""Make a tiny model write a chosen reply, through the real generation path.
+
+A tiny random model never writes `<think>` or `<tool_call>` by itself. `script_replies` wraps the
+model's `generate` (transformers', not ours) so that a logits processor forces, token by token,
+the reply a `choose(prompt_text)` function picks for each row. Everything of ours still runs for
+real: prompt rendering, batching and left padding, the row monitor with its stop ids, incremental
+decoding, reply parsing, streaming and the server protocol.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+
+class ScriptedReplies(LogitsProcessor):
+    """Forces each row's scripted reply, then its end-of-turn token (repeated, should the row go on)."""
+
+    def __init__(self, tokenizer, choose: Callable[[str], str]):
+        self.tokenizer, self.choose = tokenizer, choose
+        self.end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.prompt_length: int | None = None
+        self.scripts: dict[int, list[int]] = {}
+
+    def _script(self, row: int, prompt_ids: torch.Tensor) -> list[int]:
+        if row not in self.scripts:
+            prompt = self.tokenizer.decode(prompt_ids, skip_special_tokens=False).replace(self.tokenizer.pad_token, "")
+            reply = self.choose(prompt)
+            self.scripts[row] = self.tokenizer(reply, add_special_tokens=False)["input_ids"] + [self.end_of_turn]
+        return self.scripts[row]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.prompt_length is None:
+            self.prompt_length = input_ids.shape[1]
+        step = input_ids.shape[1] - self.prompt_length
+        forced = torch.full_like(scores, float("-inf"))
+        for row in range(input_ids.shape[0]):
+            script = self._script(row, input_ids[row, : self.prompt_length])
+            forced[row, script[min(step, len(script) - 1)]] = 0.0
+        return forced
+
+
+def script_replies(engine, choose: Callable[[str], str]) -> Callable[[], None]:
+    """Make `engine`'s model write `choose(prompt)` for every prompt; returns the function that undoes it."""
+    model = engine.model
+    original = model.generate
+
+    @functools.wraps(original)
+    def generate(*args, **kwargs):
+        processors = LogitsProcessorList([ScriptedReplies(engine.tokenizer, choose)])
+        return original(*args, logits_processor=processors, **kwargs)
+
+    model.generate = generate
+
+    def undo() -> None:
+        model.generate = original
+
+    return undo
+
+
+def last_turn(prompt: str) -> str:
+    """The text of the last turn before the generation prompt."""
+    turns = prompt.split("<|im_start|>")
+    return turns[-2] if len(turns) > 1 else prompt
