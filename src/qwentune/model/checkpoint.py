@@ -89,7 +89,6 @@ def read_meta(folder: Path) -> dict:
     return {}
 
 
-def base_model_of(folder: Path) -> str | None:
 def thinking_default(meta: dict) -> bool:
     """Whether the model thinks unless told otherwise: as it was trained (`data.thinking: on`), else not.
 
@@ -103,6 +102,7 @@ def thinking_default(meta: dict) -> bool:
     return data.get("thinking") == "on"
 
 
+def base_model_of(folder: Path) -> str | None:
     """The base model an adapter folder was trained from (our metadata first: it keeps embedded names)."""
     meta = read_meta(folder)
     if meta.get("base_model"):

@@ -100,6 +100,7 @@ def load_for_inference(
         chat_generation_config,
         read_meta,
         resolve_model_dir,
+        thinking_default,
     )
     from qwentune.model.device import resolve_dtype, select_device
 
@@ -120,7 +121,6 @@ def load_for_inference(
         if not base:
             raise OSError(f"adapter '{folder}' does not name its base model; pass base_model (--base_model)")
         model = PeftModel.from_pretrained(load_causal_lm(base, **load), folder)
-        thinking_default,
         plain_model = model.get_base_model()
     else:
         base = meta.get("base_model", str(target))
@@ -142,6 +142,6 @@ def load_for_inference(
         "dtype": str(model.dtype).removeprefix("torch."),
         "quantization_bit": quantization_bit,
         "system_prompt": meta.get("system_prompt"),
+        "enable_thinking": thinking_default(meta),
     }
     return model, tokenizer, info
-        "enable_thinking": thinking_default(meta),
