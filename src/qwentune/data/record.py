@@ -10,6 +10,10 @@ An assistant message may also hold `reasoning_content` (its think block, text) a
 Tool data is kept structured (see qwentune.data.toolcalls), never pre-rendered: the model's
 own chat template renders it at tokenizing time.
 
+A preference record keeps the shared prompt in `messages` and adds the two assistant replies,
+`"chosen"` and `"rejected"` (each {"role": "assistant", "content": ...}); a KTO record adds one
+reply as `"completion"` with a boolean `"label"` (true: desirable). See data/formats/preference.py.
+
 A raw record may pin its split with a top-level "split" key; it is kept in meta["split"].
 Each record also carries its `origin` (file, line, raw record) through the pipeline so that a
 record dropped late (a duplicate, over a cap) still lands in rejects.jsonl with where it came
@@ -68,16 +72,38 @@ class Record:
     meta: dict = field(default_factory=dict)
     origin: Origin | None = None
     tools: list[dict] = field(default_factory=list)
+    # Preference records only (see the module docstring).
+    chosen: dict | None = None
+    rejected: dict | None = None
+    completion: dict | None = None
+    label: bool | None = None
 
     @property
     def pinned_split(self) -> str | None:
         return self.meta.get("split")
+
+    @property
+    def kind(self) -> str:
+        """"sft", "pair" (chosen/rejected) or "kto" (one labelled completion)."""
+        return "pair" if self.chosen is not None else "kto" if self.completion is not None else "sft"
+
+    def conversations(self) -> list[list[dict]]:
+        """Every full conversation the record holds: what the rules, the length filter and dedup look at."""
+        if self.kind == "pair":
+            return [[*self.messages, self.chosen], [*self.messages, self.rejected]]
+        if self.kind == "kto":
+            return [[*self.messages, self.completion]]
+        return [self.messages]
 
     def to_dict(self) -> dict:
         data = {"id": self.id, "source": self.source, "lang": self.lang}
         if self.tools:
             data["tools"] = self.tools
         data["messages"] = self.messages
+        if self.kind == "pair":
+            data.update(chosen=self.chosen, rejected=self.rejected)
+        elif self.kind == "kto":
+            data.update(completion=self.completion, label=self.label)
         data["meta"] = self.meta
         return data
 
@@ -217,3 +243,55 @@ def make_record(
     return Record(
         id=record_id, source=source, lang=lang, messages=checked, meta=meta, origin=origin, tools=definitions
     )
+
+
+def _check_reply(reply: Any, side: str) -> dict:
+    """One assistant reply, from text or a message; an empty one is a reject (a pair needs both sides)."""
+    if isinstance(reply, dict):
+        if reply.get("role", "assistant") != "assistant":
+            raise InvalidRecord("unknown_role", f"the {side} reply has role {reply.get('role')!r}, not assistant")
+        reply = reply.get("content")
+    if not isinstance(reply, str):
+        raise InvalidRecord("wrong_type", f"the {side} reply is a {type(reply).__name__}, not text")
+    if not reply.strip():
+        raise InvalidRecord("empty_reply", f"the {side} reply is empty")
+    return {"role": "assistant", "content": reply}
+
+
+def make_preference_record(
+    prompt: Any,
+    *,
+    source: str,
+    chosen: Any = None,
+    rejected: Any = None,
+    completion: Any = None,
+    label: Any = None,
+    id: Any = None,
+    meta: dict | None = None,
+    split: Any = None,
+    lang: str | None = None,
+    origin: Origin | None = None,
+) -> Record:
+    """A pair (`chosen` and `rejected`) or a KTO example (`completion` and a boolean `label`) after
+    `prompt` messages that end with a user turn; raises InvalidRecord like make_record."""
+    checked = _check_messages(prompt)
+    if checked[-1]["role"] != "user":
+        raise InvalidRecord("bad_prompt", f"the prompt ends with a {checked[-1]['role']} turn, not a user turn")
+    replies: dict[str, Any] = {}
+    if completion is None:
+        replies["chosen"] = _check_reply(chosen, "chosen")
+        replies["rejected"] = _check_reply(rejected, "rejected")
+        identity = [*checked, replies["chosen"], {"role": "rejected", "content": replies["rejected"]["content"]}]
+    else:
+        if not isinstance(label, bool):
+            raise InvalidRecord("wrong_type", f"'label' must be true or false (desirable or not); got {label!r}")
+        replies["completion"] = _check_reply(completion, "completion")
+        replies["label"] = label
+        identity = [*checked, replies["completion"], {"role": "label", "content": str(label)}]
+    record = make_record(identity[:-1], source=source, id=id, meta=meta, split=split, lang=lang, origin=origin)
+    if id is None or str(id) == "":
+        record.id = stable_id(source, identity)  # the rejected side / label count in the content id
+    record.messages = checked
+    for key, value in replies.items():
+        setattr(record, key, value)
+    return record

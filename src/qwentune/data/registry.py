@@ -33,7 +33,11 @@ BUILTIN_REGISTRY = Path(__file__).with_name("datasets.yaml")
 PROJECT_REGISTRY = RAW_DATA_DIR.parent / "datasets.yaml"
 DEMO_DATASET = "demo"
 
-DatasetFormat = Literal["alpaca", "sharegpt", "openai", "oasst", "belle", "firefly", "canonical"]
+DatasetFormat = Literal[
+    "alpaca", "sharegpt", "openai", "oasst", "belle", "firefly", "canonical",
+    # preference data (data/formats/preference.py)
+    "pairwise", "sharegpt_pairwise", "messages_pairwise", "hh_rlhf", "kto",
+]
 SOURCE_KINDS = ("hub", "url", "local")
 
 # Names become folder names under data/raw, so keep them plain.

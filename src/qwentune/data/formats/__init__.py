@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # Importing the format modules registers their converters in FORMATS.
-from qwentune.data.formats import chat, instruction, oasst  # noqa: F401
+from qwentune.data.formats import chat, instruction, oasst, preference  # noqa: F401
 from qwentune.data.formats.base import FORMATS, ConversionOptions, Converter
 
 __all__ = ["DETECTION_SAMPLE", "FORMATS", "ConversionOptions", "Converter", "Detection", "detect_format"]
@@ -25,7 +25,8 @@ __all__ = ["DETECTION_SAMPLE", "FORMATS", "ConversionOptions", "Converter", "Det
 # Detection: a file's format is the one that can convert most of its first records; ties go
 # to the earlier, more specific format (canonical records are also valid OpenAI records; BELLE
 # converts Alpaca records too, but only BELLE reads its dialogue-in-instruction records).
-DETECTION_PREFERENCE = ("canonical", "openai", "oasst", "firefly", "sharegpt", "alpaca", "belle")
+# Preference formats come first: they need "chosen"/"rejected" or "label", which no SFT format has.
+DETECTION_PREFERENCE = (*preference.PREFERENCE_FORMATS, "canonical", "openai", "oasst", "firefly", "sharegpt", "alpaca", "belle")
 DETECTION_SAMPLE = 64
 
 
