@@ -67,6 +67,7 @@ class CleaningConfig(StrictModel):
     empty_output: bool = True  # an empty assistant turn
     placeholder_output: bool = True  # "<nooutput> ...", "N/A"
     unfilled_template: bool = True  # "{{name}}" left in the text (see template_values)
+    identical_pair: bool = True  # a preference pair whose chosen and rejected replies are the same
     too_short: bool = True  # fewer tokens than min_length
     too_long: bool = True  # more tokens than max_length
     duplicate: bool = True  # exact duplicates after whitespace normalisation
@@ -82,6 +83,9 @@ class PreprocessConfig(StrictModel):
     tokenizer: str | None = None
     max_length: int = Field(2048, ge=1)
     min_length: int = Field(10, ge=0)
+    # A raw record whose JSON text is longer than this many characters is rejected as too_long while
+    # it is read, never parsed (a 500 MB line costs one chunk of memory); None: record_char_cap().
+    max_record_chars: int | None = Field(None, ge=1)
     ratios: SplitRatios = SplitRatios()
     seed: int = 42
     # Tokenizer processes for the length filter beside the main one; 0 counts in the main process;
@@ -111,6 +115,13 @@ class PreprocessConfig(StrictModel):
             if not name or any(c in name for c in "\t\n\r/"):
                 raise ValueError(f"dataset name {name!r} must be non-empty without tabs, newlines or '/'")
         return datasets
+
+    def record_char_cap(self) -> int:
+        """max_record_chars, else 1024 characters per token of max_length (at least 4 Mi): no real
+        conversation of max_length tokens comes near that, JSON escapes and extra fields included."""
+        if self.max_record_chars is not None:
+            return self.max_record_chars
+        return max(4 << 20, 1024 * self.max_length)
 
     def worker_count(self) -> int:
         return self.num_workers if self.num_workers is not None else min(8, os.cpu_count() or 1)

@@ -16,6 +16,7 @@ import re
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 
 from qwentune.data.record import Record, Reject
 
@@ -25,7 +26,9 @@ from qwentune.data.record import Record, Reject
 def normalise(record: Record, *, strip_whitespace: bool, template_values: dict[str, str]) -> Record:
     """Strip surrounding whitespace of every turn (BELLE outputs start with a newline; Alpaca
     instructions end with spaces) and fill `{{name}}`-style placeholders the config gives values for."""
-    for message in record.messages:
+    # A pair's prompt turns appear in both of its conversations: each message once.
+    messages = {id(message): message for conversation in record.conversations() for message in conversation}
+    for message in messages.values():
         content = message["content"]
         for key, value in template_values.items():
             content = content.replace("{{" + key + "}}", value)
@@ -110,6 +113,13 @@ def placeholder_output(record: Record) -> str | None:
     return None
 
 
+def identical_pair(record: Record) -> str | None:
+    """A preference pair whose two replies are the same text teaches nothing (and its loss is constant)."""
+    if record.kind == "pair" and " ".join(record.chosen["content"].split()) == " ".join(record.rejected["content"].split()):
+        return "the chosen and rejected replies are the same text"
+    return None
+
+
 def unfilled_template(record: Record) -> str | None:
     for message in record.messages:
         if match := _UNFILLED.search(message["content"]):
@@ -131,6 +141,22 @@ RULES: dict[str, Rule] = {
         unfilled_template,
     )
 }
+# Rules of preference records as a whole; a preference record passes each rule of RULES only if
+# each of its conversations (prompt + chosen, prompt + rejected) does.
+PAIR_RULES: dict[str, Rule] = {"identical_pair": identical_pair}
+_SIDES = {"pair": ("chosen reply: ", "rejected reply: "), "kto": ("", )}
+
+
+def failed_rule(record: Record, rules: list[tuple[str, Rule]]) -> tuple[str, str] | None:
+    """(rule name, detail) of the first rule `record` fails, or None."""
+    if record.kind == "sft":
+        return next(((name, detail) for name, rule in rules if (detail := rule(record)) is not None), None)
+    views = [(prefix, replace(record, messages=conversation)) for prefix, conversation in zip(_SIDES[record.kind], record.conversations(), strict=True)]
+    for name, rule in rules:
+        for prefix, view in views if name in RULES else [("", record)]:
+            if (detail := rule(view)) is not None:
+                return name, prefix + detail
+    return None
 
 
 def apply_rules(
@@ -141,19 +167,15 @@ def apply_rules(
     template_values: dict[str, str] | None = None,
 ) -> Iterator[Record | Reject]:
     """Normalise each record and reject it for the first enabled rule it fails; rejects pass through."""
-    rules = [(name, RULES[name]) for name in RULES if name in enabled]
+    rules = [(name, rule) for name, rule in {**RULES, **PAIR_RULES}.items() if name in enabled]
     template_values = template_values or {}
     for item in items:
         if isinstance(item, Reject):
             yield item
             continue
         normalise(item, strip_whitespace=strip_whitespace, template_values=template_values)
-        for name, rule in rules:
-            if (detail := rule(item)) is not None:
-                yield Reject.of(item, name, detail)
-                break
-        else:
-            yield item
+        failed = failed_rule(item, rules)
+        yield item if failed is None else Reject.of(item, *failed)
 
 
 # ---------------------------------------------------------------------------- token length
@@ -168,7 +190,7 @@ def _load_worker_tokenizer(tokenizer_path: str) -> None:
     _worker_tokenizer = load_tokenizer(tokenizer_path)
 
 
-def count_tokens(tokenizer, conversations: list) -> list[int | str]:
+def count_tokens(tokenizer, conversations: list, max_chars: int | None = None) -> list[int | str]:
     """Tokens of each conversation as rendered by the tokenizer's chat template (with the end-of-turn
     tokens and tool definitions), or the template's error message when it cannot render one. An item
     is a list of messages or a (messages, tools) pair."""
@@ -178,10 +200,17 @@ def count_tokens(tokenizer, conversations: list) -> list[int | str]:
     for item in conversations:
         messages, tools = item if isinstance(item, tuple) else (item, None)  # (messages, tool definitions)
         try:
-            texts.append(render(tokenizer, with_thinking(tokenizer, messages), tools=tools))
-            results.append(None)
+            text = render(tokenizer, with_thinking(tokenizer, messages), tools=tools)
         except Exception as exc:  # a template may refuse a conversation; that is one record's problem
             results.append(f"the chat template cannot render it: {exc}")
+            continue
+        # A text over max_chars has more tokens than any limit we check (see AtLeast): it is not
+        # tokenized, so a 50 MB record costs no more than one at the limit.
+        if max_chars is not None and len(text) > max_chars:
+            results.append(AtLeast(len(text) // (2 * max_token_chars(tokenizer))))
+        else:
+            texts.append(text)
+            results.append(None)
     # The Rust tokenizer's batch call, asking only for lengths: no Python lists of ids are built,
     # and the fast variant (tokenizers >= 0.20) skips the character offsets we do not need.
     backend = tokenizer.backend_tokenizer
@@ -190,8 +219,25 @@ def count_tokens(tokenizer, conversations: list) -> list[int | str]:
     return [len(next(encodings)) if result is None else result for result in results]
 
 
-def _count_in_worker(conversations: list[list[dict]]) -> list[int | str]:
-    return count_tokens(_worker_tokenizer, conversations)
+class AtLeast(int):
+    """A lower bound on a text's tokens, found without tokenizing it: each token covers at most
+    max_token_chars characters, so a text of C characters has at least C / max_token_chars tokens
+    (halved to allow for normalisation changing the character count)."""
+
+
+def max_token_chars(tokenizer) -> int:
+    """The longest vocabulary entry in characters (byte-level entries: one character a byte, so an
+    upper bound on the characters of text a token covers)."""
+    return max(len(token) for token in tokenizer.get_vocab())
+
+
+def char_cap(tokenizer, max_length: int) -> int:
+    """Characters of rendered text past which a conversation certainly has more than max_length tokens."""
+    return 2 * max_token_chars(tokenizer) * (max_length + 1)
+
+
+def _count_in_worker(conversations: list[list[dict]], max_chars: int | None) -> list[int | str]:
+    return count_tokens(_worker_tokenizer, conversations, max_chars)
 
 
 class TokenCounter:
@@ -201,9 +247,13 @@ class TokenCounter:
     results come back in input order, so the run is the same whatever the worker timing.
     """
 
-    def __init__(self, tokenizer, tokenizer_path: str, num_workers: int, batch_size: int = 256):
+    def __init__(
+        self, tokenizer, tokenizer_path: str, num_workers: int, batch_size: int = 256, max_length: int | None = None
+    ):
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        # Texts past this are known to exceed max_length without tokenizing them (see AtLeast).
+        self.max_chars = char_cap(tokenizer, max_length) if max_length is not None else None
         self.pool = None
         if num_workers > 0:
             # fork where the platform has it: no re-import of the caller's main module.
@@ -221,16 +271,22 @@ class TokenCounter:
             self.pool.join()
 
     def _submit(self, batch: list[Record]):
-        conversations = [(record.messages, record.tools) for record in batch]
+        # A preference pair is counted by its longer side: both sides must fit max_length.
+        conversations = [(conversation, record.tools) for record in batch for conversation in record.conversations()]
         if self.pool is None:
-            return batch, count_tokens(self.tokenizer, conversations)
-        return batch, self.pool.apply_async(_count_in_worker, (conversations,))
+            return batch, count_tokens(self.tokenizer, conversations, self.max_chars)
+        return batch, self.pool.apply_async(_count_in_worker, (conversations, self.max_chars))
 
     @staticmethod
     def _collect(pending) -> list[tuple[Record, int | str]]:
         batch, result = pending
-        counts = result if isinstance(result, list) else result.get()
-        return list(zip(batch, counts, strict=True))
+        counts = iter(result if isinstance(result, list) else result.get())
+        collected = []
+        for record in batch:
+            sides = [next(counts) for _ in record.conversations()]
+            errors = [side for side in sides if isinstance(side, str)]
+            collected.append((record, errors[0] if errors else max(sides)))
+        return collected
 
     def stream(self, items: Iterable[Record | Reject]) -> Iterator[Record | Reject | tuple[Record, int | str]]:
         """Rejects pass straight through; each record comes back as (record, tokens or error)."""
@@ -269,6 +325,12 @@ def length_filter(
         if isinstance(tokens, str):
             yield Reject.of(record, "template_error", tokens)
             continue
+        if isinstance(tokens, AtLeast):  # not counted: a lower bound, far over max_length
+            if check_long:
+                yield Reject.of(record, "too_long", f"at least {tokens} tokens > max_length {max_length} (not tokenized)")
+            else:
+                yield record
+            continue
         on_length(tokens)
         if check_short and tokens < min_length:
             yield Reject.of(record, "too_short", f"{tokens} tokens < min_length {min_length}")
@@ -284,11 +346,16 @@ def length_filter(
 def content_key(record: Record) -> int:
     """8-byte hash of the roles and texts with runs of whitespace collapsed."""
     digest = hashlib.blake2b(digest_size=8)
-    for message in record.messages:
-        digest.update(message["role"].encode())
-        digest.update(b"\x1f")
-        digest.update(" ".join(message["content"].split()).encode("utf-8"))
-        digest.update(b"\x1e")
+    for conversation in record.conversations():
+        for message in conversation:
+            digest.update(message["role"].encode())
+            digest.update(b"\x1f")
+            digest.update(" ".join(message["content"].split()).encode("utf-8"))
+            digest.update(b"\x1e")
+        if record.kind != "sft":
+            digest.update(b"\x1d")  # a pair's sides (chosen first) and a KTO label are part of its content
+    if record.kind == "kto":
+        digest.update(b"label:" + str(record.label).encode())
     return int.from_bytes(digest.digest(), "big")
 
 
