@@ -157,8 +157,8 @@ def test_the_api_key_is_required(base_url):
             "maximum context length",
         ),
         ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role", "'user'"),
-        ({"model": MODEL, "messages": QUESTION, "n": 2}, 400, None, "'n' is not supported"),
-        ({"model": MODEL, "messages": QUESTION, "stop": ["a", "b", "c", "d", "e"]}, 400, None, "at most 4"),
+        ({"model": MODEL, "messages": QUESTION, "n": 2}, 400, "n", "'n' is not supported"),
+        ({"model": MODEL, "messages": QUESTION, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "at most 4"),
     ],
 )
 def test_bad_chat_requests_get_openai_errors(base_url, body, status, param, words):

@@ -35,6 +35,14 @@ class GenerationRequest:
     on_text: Callable[[str], None] | None = None
     on_finish: Callable[[Completion], None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    generated: int = 0  # tokens so far, kept up to date while it generates
+    abandoned_at: int | None = None  # `generated` when its caller went away (see abandon)
+
+    def abandon(self) -> None:
+        """Stop at the next token because the caller went away; remembers how far it had got."""
+        if not self.cancel.is_set():
+            self.abandoned_at = self.generated
+            self.cancel.set()
 
 
 class IncrementalDecoder:
@@ -81,6 +89,7 @@ class RowState:
 
     def step(self, token_id: int) -> None:
         self.tokens += 1
+        self.request.generated = self.tokens
         if token_id in self.stop_ids:
             self.finish("stop")
             return

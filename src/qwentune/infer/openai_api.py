@@ -1,16 +1,19 @@
-"""The part of the OpenAI API the server speaks: request shapes, their checks, and the error shape.
+"""The protocol: the part of the OpenAI API the server speaks, as typed request and response models.
 
-Unknown request fields are ignored (clients send many); fields this server cannot honour are
-refused with a 400 rather than silently ignored (see `UNSUPPORTED`).
+No routes and no generation here: `server` holds the routes, `serving` turns a request into
+prompts, generation and a response. Unknown request fields are ignored (clients send many);
+fields this server cannot honour are refused with a 400 rather than silently ignored (see
+`UNSUPPORTED`). Every number must be finite (NaN and Infinity are valid in Python's JSON).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic_core import PydanticCustomError
 
-from qwentune.infer.settings import GenerationSettings
+from qwentune.infer.settings import MIN_REPETITION_PENALTY, GenerationSettings
 
 MAX_STOP_STRINGS = 4  # as OpenAI
 
@@ -32,6 +35,8 @@ class OpenAIError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
+# ---------------------------------------------------------------- requests
+
 # Fields with the values that mean "not used"; any other value is refused.
 UNSUPPORTED: dict[str, tuple] = {
     "n": (1,),
@@ -51,6 +56,11 @@ UNSUPPORTED: dict[str, tuple] = {
 }
 
 
+def _means_unused(value: Any, unused: tuple) -> bool:
+    # A bool is not a number here: True == 1 in Python, but "n": true is not a count.
+    return any(value == u and isinstance(value, bool) == isinstance(u, bool) for u in unused)
+
+
 class OpenAIRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -60,8 +70,12 @@ class OpenAIRequest(BaseModel):
         if isinstance(data, dict):
             for name, unused in UNSUPPORTED.items():
                 value = data.get(name)
-                if value is not None and value not in unused:
-                    raise ValueError(f"'{name}' is not supported by this server (got {value!r})")
+                if value is not None and not _means_unused(value, unused):
+                    raise PydanticCustomError(
+                        "unsupported",
+                        "'{param}' is not supported by this server (got {value})",
+                        {"param": name, "value": repr(value)},
+                    )
         return data
 
 
@@ -72,13 +86,18 @@ class StreamOptions(OpenAIRequest):
 StopString = Annotated[str, Field(min_length=1)]
 
 
+def _finite(**limits) -> Any:
+    """A float field that refuses NaN and ±Infinity with "must be a finite number"."""
+    return Field(None, allow_inf_nan=False, **limits)
+
+
 class SamplingRequest(OpenAIRequest):
     model: str
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float | None = _finite(ge=0, le=2)
+    top_p: float | None = _finite(gt=0, le=1)
     top_k: int | None = Field(None, ge=0)  # not OpenAI's; vLLM and others accept it
-    repetition_penalty: float | None = Field(None, gt=0)  # likewise
+    repetition_penalty: float | None = _finite(ge=MIN_REPETITION_PENALTY)  # likewise
     stop: StopString | list[StopString] | None = Field(None)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -86,7 +105,9 @@ class SamplingRequest(OpenAIRequest):
     @model_validator(mode="after")
     def _few_stop_strings(self):
         if isinstance(self.stop, list) and len(self.stop) > MAX_STOP_STRINGS:
-            raise ValueError(f"'stop' takes at most {MAX_STOP_STRINGS} strings")
+            raise PydanticCustomError(
+                "too_many", "'stop' takes at most {limit} strings", {"param": "stop", "limit": MAX_STOP_STRINGS}
+            )
         return self
 
     @property
@@ -114,14 +135,44 @@ class TextPart(OpenAIRequest):
     text: str
 
 
+class FunctionCall(OpenAIRequest):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(OpenAIRequest):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(OpenAIRequest):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant turns that called tools
+    tool_call_id: str | None = None  # tool turns: the call they answer
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if self.role == "tool" and not self.tool_call_id:
+            raise PydanticCustomError("missing", "a 'tool' message needs 'tool_call_id'", {"param": "tool_call_id"})
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise PydanticCustomError(
+                "missing", "'content' is required (null only in an assistant message with 'tool_calls')",
+                {"param": "content"},
+            )  # fmt: skip
+        return self
 
     def as_message(self) -> dict:
-        """Our message shape; "developer" is OpenAI's newer name for the system role."""
-        text = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+        """The engine's message shape: "developer" is OpenAI's newer name for system; tool calls stay structured."""
+        content = self.content if not isinstance(self.content, list) else "".join(part.text for part in self.content)
+        message = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump(exclude_none=True) for call in self.tool_calls]
+        if self.tool_call_id:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -131,6 +182,9 @@ class ChatCompletionRequest(SamplingRequest):
     @property
     def requested_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def conversation(self) -> list[dict]:
+        return [message.as_message() for message in self.messages]
 
 
 class CompletionRequest(SamplingRequest):
@@ -145,7 +199,8 @@ class CompletionRequest(SamplingRequest):
 
 _FIELDS = {
     name
-    for schema in (ChatCompletionRequest, CompletionRequest, ChatMessage, TextPart, StreamOptions)
+    for schema in (ChatCompletionRequest, CompletionRequest, ChatMessage, TextPart, StreamOptions, ToolCall,
+                   FunctionCall)  # fmt: skip
     for name in schema.model_fields
 }
 
@@ -154,3 +209,97 @@ def field_path(location: tuple) -> str | None:
     """'messages.0.content' from a pydantic error location, without the member types of unions it names."""
     parts = [str(part) for part in location if isinstance(part, int) or part in _FIELDS]
     return ".".join(parts) or None
+
+
+# ---------------------------------------------------------------- responses
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        return cls(
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )  # fmt: skip
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(BaseModel):
+    """The new part of a streamed message: only the fields it sets are sent."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _set_fields_only(self, handler) -> dict:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class TextCompletion(BaseModel):
+    """A /v1/completions answer, and (with finish_reason None and usage None) each of its streamed chunks."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "qwentune"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
