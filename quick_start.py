@@ -12,6 +12,6 @@ if __name__ == "__main__":
         install_requirements()
     elif requirements_missing():
         sys.exit(f"missing packages: {', '.join(requirements_missing())}. Run: python quick_start.py --install")
-    from qwentune.quickstart import build_parser, run
+    from qwentune.quickstart import main
 
-    sys.exit(run(build_parser().parse_args()))
+    sys.exit(main())

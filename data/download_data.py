@@ -7,4 +7,4 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parents[1] / "src")
 from qwentune.cli import main  # noqa: E402
 
-sys.exit(main(["download", *sys.argv[1:]]))
+sys.exit(main(["download", *sys.argv[1:]], prog="data/download_data.py"))

@@ -10,4 +10,4 @@ sys.path[0] = str(Path(__file__).resolve().parents[1] / "src")
 from qwentune.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+    sys.exit(main(["evaluate", *sys.argv[1:]], prog="scripts/evaluate.py"))

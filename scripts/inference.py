@@ -14,11 +14,16 @@ if __name__ == "__main__":
 elif _SRC not in sys.path:
     sys.path.insert(0, _SRC)
 
-from qwentune.infer.engine import QwenInference  # noqa: E402
+def __getattr__(name: str):
+    # Imported on first use: the engine pulls torch and transformers, which `--help` does not need.
+    if name == "QwenInference":
+        from qwentune.infer.engine import QwenInference
 
-__all__ = ["QwenInference"]
+        return QwenInference
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 if __name__ == "__main__":
     from qwentune.cli import main
 
-    sys.exit(main(["infer", *sys.argv[1:]]))
+    sys.exit(main(["infer", *sys.argv[1:]], prog="scripts/inference.py"))

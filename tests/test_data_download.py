@@ -7,7 +7,6 @@ Everything that never touches the hub runs in-process through run_cli.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import constants as hf_constants
 
+from qwentune.cli import main
 from qwentune.data import download
 from qwentune.data.registry import DEMO_DATASET, load_registry
 from qwentune.paths import DEMO_DATA_DIR
@@ -199,9 +199,7 @@ def run_door(tmp_path: Path, endpoint: str, *args: str) -> subprocess.CompletedP
 
 
 def run_in_process(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    download.configure_parser(parser)
-    return download.run_cli(parser.parse_args(list(argv)))
+    return main(["download", *argv])
 
 
 def _source_json(folder: Path) -> dict:
@@ -365,7 +363,7 @@ def test_a_bad_registry_entry_is_named_with_what_to_fix(tmp_path, capsys):
         "broken:\n  licnese: MIT\n  source: {hub: nope}\n"
     )
     assert run_in_process("--registry", str(registry), "--list") == 2
-    output = capsys.readouterr().out
+    output = capsys.readouterr().err
     assert "entry 'broken'" in output and "good" not in output
     assert "did you mean 'licence'" in output
     assert "'source.hub' must be a dataset id like 'owner/name'" in output
@@ -373,7 +371,7 @@ def test_a_bad_registry_entry_is_named_with_what_to_fix(tmp_path, capsys):
 
 def test_an_unknown_name_suggests_the_close_one(tmp_path, capsys):
     assert run_in_process("--datasets", "alpaca_gpt4", "--output_dir", str(tmp_path)) == 2
-    assert "Did you mean: alpaca_gpt4_data" in capsys.readouterr().out
+    assert "Did you mean: alpaca_gpt4_data" in capsys.readouterr().err
 
 
 def test_url_entry_resumes_a_partial_file_then_serves_it_from_the_cache(tmp_path, monkeypatch, hub):

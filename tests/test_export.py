@@ -80,5 +80,5 @@ def test_qwentune_loads_the_export_as_a_plain_model(exported, training_output, t
 
 
 def test_the_export_command_refuses_a_folder_in_use(training_output, exported, capsys):
-    assert main(["export", "--model_path", str(training_output), "--output_dir", str(exported)]) == 1
-    assert "is not empty" in " ".join(capsys.readouterr().out.split())
+    assert main(["export", "--model_path", str(training_output), "--output_dir", str(exported)]) == 2  # a folder the user named: bad usage
+    assert "is not empty" in " ".join(capsys.readouterr().err.split())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qwentune.cli import build_parser
+from qwentune.cli import parse_arguments
 from qwentune.quickstart import build_parser as quickstart_parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def door_arguments(command: str) -> tuple[str, list[str]]:
 @pytest.mark.parametrize("command", GUIDE_COMMANDS)
 def test_guide_command_parses(command):
     stage, arguments = door_arguments(command)
-    args = build_parser(stage).parse_args([stage, *arguments])
+    args = parse_arguments([stage, *arguments])
     assert args.stage == stage
 
 

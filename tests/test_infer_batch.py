@@ -8,6 +8,7 @@ import pytest
 from conftest import read_jsonl, write_jsonl
 
 from qwentune.cli import main
+from qwentune.errors import RunFailed
 from qwentune.infer.batch import answer_file
 from qwentune.infer.engine import QwenInference
 from qwentune.infer.settings import GenerationSettings
@@ -136,8 +137,8 @@ def test_a_progress_record_of_another_input_is_refused(engine, tmp_path, monkeyp
     monkeypatch.undo()
     second = tmp_path / "second.txt"
     second.write_text("other\n", encoding="utf-8")
-    assert answer_file(engine, str(second), str(output), SETTINGS) == 1
-    assert "different input" in printed(capsys)
+    with pytest.raises(RunFailed, match="different input"):
+        answer_file(engine, str(second), str(output), SETTINGS)
 
 
 def test_the_command_line_answers_a_file_and_one_prompt(varied_model, expected, tmp_path, capsys):
@@ -162,4 +163,4 @@ def test_the_command_line_answers_a_file_and_one_prompt(varied_model, expected, 
 )
 def test_the_command_line_refuses_bad_options_before_loading(extra, message, capsys):
     assert main(["infer", "--model_path", "./not/loaded", *extra]) == 2
-    assert message in printed(capsys)
+    assert message in " ".join(capsys.readouterr().err.split())

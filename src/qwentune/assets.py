@@ -41,6 +41,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from qwentune.console import console, notice
+from qwentune.errors import RunFailed
 from qwentune.paths import cache_dir
 
 EMBEDDED_PREFIX = "embedded:"
@@ -48,8 +49,8 @@ MANIFEST_NAME = ".qwentune-manifest.json"
 CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
 
 
-class AssetError(RuntimeError):
-    """An embedded asset cannot be made ready; the message says what to do."""
+class AssetError(RunFailed, RuntimeError):
+    """An embedded asset cannot be made ready; the message says what to do (exit 1)."""
 
 
 @dataclass(frozen=True)

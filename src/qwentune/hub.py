@@ -14,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+from qwentune.errors import RunFailed
+
 PROBE_TIMEOUT_S = 10
 MIRROR_EXAMPLE = "https://hf-mirror.com"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -21,8 +23,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _MARKER_FILES = ("config.json", "tokenizer_config.json")
 
 
-class ModelUnavailable(OSError):
-    """A model or tokenizer that can be neither found locally nor fetched; the message says what to do."""
+class ModelUnavailable(RunFailed, OSError):
+    """A model or tokenizer that can be neither found locally nor fetched; the message says what to do (exit 1)."""
 
 
 def hub_endpoint() -> str:

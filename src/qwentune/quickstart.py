@@ -16,7 +16,9 @@ from pathlib import Path
 from rich.table import Table
 
 from qwentune import paths
+from qwentune.cli import add_verbose_flag, guarded
 from qwentune.console import console
+from qwentune.errors import RunFailed
 
 DATA_PRESET = "config/presets/quickstart_data.yaml"
 TRAIN_PRESET = "config/presets/quickstart_train.yaml"
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_config", default=DATA_PRESET, help="preprocessing config (default: the quickstart preset)")
     parser.add_argument("--train_config", default=TRAIN_PRESET, help="training config (default: the quickstart preset)")
     parser.add_argument("--eval_config", default=EVAL_PRESET, help="evaluation config (default: the quickstart preset)")
+    add_verbose_flag(parser)
     return parser
 
 
@@ -133,7 +136,7 @@ def preprocess(data_config: str, train_config: str) -> None:
     config.tokenizer = model.tokenizer_name_or_path or model.model_name_or_path
     report = run_preprocess(config)
     if report.exit_code:
-        raise SystemExit(f"preprocessing failed: {'; '.join(p.message for p in report.errors)}")
+        raise RunFailed(f"preprocessing failed: {'; '.join(p.message for p in report.errors)}")
 
 
 def train(train_config: str) -> dict:
@@ -186,6 +189,12 @@ def print_summary(timings: dict[str, float], results: dict | None) -> None:
         f"Outputs: model {paths.CHECKPOINTS_DIR}, logs {paths.LOGS_DIR} (tensorboard --logdir {paths.LOGS_DIR}), "
         f"report {paths.EVALUATION_DIR / 'evaluation_report.html'}"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """quick_start.py: its errors reach the user through the same single handler as every stage's."""
+    args = build_parser().parse_args(argv)
+    return guarded(lambda: run(args), verbose=args.verbose)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,11 +14,13 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from qwentune.errors import UsageError
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message says what to change."""
+class ConfigError(UsageError, ValueError):
+    """A config file or override that cannot be used; the message says what to change (exit 2)."""
 
 
 class StrictModel(BaseModel):

@@ -31,14 +31,14 @@ from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import filter_repo_objects
 
 from qwentune import __version__, hub
-from qwentune.config.base import ConfigError
 from qwentune.console import console, notice
 from qwentune.data.registry import DEMO_DATASET, DatasetEntry, FileSpec, Registry, load_registry, registry_listing
+from qwentune.errors import RunFailed, UsageError
 from qwentune.paths import RAW_DATA_DIR, cache_dir
 
 
-class DownloadError(RuntimeError):
-    """A dataset that could not be fetched; the message says what failed."""
+class DownloadError(RunFailed, RuntimeError):
+    """A dataset that could not be fetched; the message says what failed (exit 1)."""
 
 
 class NetworkUnavailable(DownloadError):
@@ -361,7 +361,7 @@ def download_datasets(
     registry = registry or load_registry()
     names = list(names) or ([DEMO_DATASET] if offline else [])
     if not names:
-        raise DownloadError("no dataset named: give --datasets NAME [NAME ...], --all, or --list to see them")
+        raise UsageError("no dataset named: give --datasets NAME [NAME ...], --all, or --list to see them")
     targets = [registry.resolve(name) for name in names]
     raw_dir, network = Path(raw_dir), Network(offline)
     results = [_download_one(name, entry, raw_dir, network, max_samples) for name, entry in targets]
@@ -437,30 +437,27 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    try:
-        registry = load_registry(*([args.registry] if args.registry else []))
-        if args.list:
-            console.print(registry_listing(registry, console.width))
-            return 0
-        names = registry.all_names() if args.all else args.datasets or []
-        if not names and not args.offline:
-            console.print("Say which datasets to fetch: --datasets NAME [NAME ...], or --all. Available:")
-            console.print(registry_listing(registry, console.width))
-            return 2
-        results = download_datasets(
-            names,
-            args.output_dir,
-            max_samples=args.max_samples,
-            offline=args.offline,
-            registry=registry,
-            fallback_to_demo=args.fallback_to_demo or args.offline,
-        )
-    except (ConfigError, DownloadError) as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        return 2
+    registry = load_registry(*([args.registry] if args.registry else []))
+    if args.list:
+        console.print(registry_listing(registry, console.width))
+        return 0
+    names = registry.all_names() if args.all else args.datasets or []
+    if not names and not args.offline:
+        console.print(registry_listing(registry, console.width))
+        raise UsageError("say which datasets to fetch: --datasets NAME [NAME ...], or --all (the registered ones are listed above)")
+    results = download_datasets(
+        names,
+        args.output_dir,
+        max_samples=args.max_samples,
+        offline=args.offline,
+        registry=registry,
+        fallback_to_demo=args.fallback_to_demo or args.offline,
+    )
     failures = [result for result in results if not result.ok]
     fell_back = any(result.fallback and result.ok for result in results)
     if failures:
         explanation = explain_failures(failures, args.output_dir, offline=args.offline, fell_back=fell_back)
-        console.print(explanation, style="yellow" if fell_back else "red", soft_wrap=True)
-    return 0 if not failures or fell_back else 1
+        if not fell_back:
+            raise RunFailed(explanation)
+        console.print(explanation, style="yellow", soft_wrap=True)
+    return 0

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from qwentune.config.base import ConfigError, load_config
 from qwentune.config.evaluation import EvalConfig
-from qwentune.console import console, error, notice
+from qwentune.console import console, notice
 from qwentune.evaluate import metrics
 
 TUNED, BASE = "tuned", "base"
@@ -34,20 +34,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(EvalConfig, args.config, args.overrides)
-        config = select_datasets(config, args.datasets, args.max_samples)
-    except ConfigError as exc:
-        error(str(exc))
-        return 2
-    from qwentune.assets import AssetError
-    from qwentune.hub import ModelUnavailable
-
-    try:
-        run_evaluation(config)
-    except (FileNotFoundError, ModelUnavailable, AssetError) as exc:
-        error(str(exc))
-        return 2
+    config = load_config(EvalConfig, args.config, args.overrides)
+    run_evaluation(select_datasets(config, args.datasets, args.max_samples))
     return 0
 
 

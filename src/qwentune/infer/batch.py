@@ -28,6 +28,7 @@ from rich.progress import (
 )
 
 from qwentune.console import console, notice
+from qwentune.errors import RunFailed, UsageError
 from qwentune.infer.settings import GenerationSettings
 
 ROLES = ("system", "user", "assistant")
@@ -107,12 +108,12 @@ class ProgressRecord:
         self.output_bytes = 0
 
     def load(self) -> bool:
-        """True when an interrupted run of the same input left a record; raises ValueError for another input."""
+        """True when an interrupted run of the same input left a record; RunFailed for another input."""
         if not self.path.is_file():
             return False
         saved = json.loads(self.path.read_text(encoding="utf-8"))
         if saved["input_sha256"] != self.input_digest:
-            raise ValueError(f"{self.path} records a run over a different input file; delete it to start over")
+            raise RunFailed(f"{self.path} records a run over a different input file; delete it to start over")
         self.done, self.output_bytes = set(saved["done"]), saved["output_bytes"]
         return True
 
@@ -143,15 +144,10 @@ def _fitting(engine, prompts: list[Prompt]) -> tuple[list[Prompt], list[str]]:
 def answer_file(engine, input_file: str, output_file: str, settings: GenerationSettings, batch_size: int = 8) -> int:
     source, output = Path(input_file), Path(output_file)
     if not source.is_file():
-        console.print(f"[red]error:[/red] input file not found: {source}")
-        return 1
+        raise UsageError(f"--input_file: {source} does not exist or is not a file")
     prompts, problems = read_prompts(source)
     record = ProgressRecord(output, hashlib.sha256(source.read_bytes()).hexdigest())
-    try:
-        resuming = record.load()
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 1
+    resuming = record.load()
     output.parent.mkdir(parents=True, exist_ok=True)
     if resuming:
         notice(

@@ -18,6 +18,7 @@ from transformers import GenerationConfig
 
 from qwentune import __version__
 from qwentune.data.tokenize import end_of_turn_token
+from qwentune.errors import UsageError
 
 META_FILE = "qwentune_meta.json"
 COMPLETE_MARKER = "qwentune_complete"
@@ -33,8 +34,8 @@ WEIGHT_FILES = (
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
-class NoModelError(FileNotFoundError):
-    """A folder that holds neither a model, an adapter nor a complete checkpoint."""
+class NoModelError(UsageError, FileNotFoundError):
+    """The path the user named holds neither a model, an adapter nor a complete checkpoint (exit 2)."""
 
 
 def holds_model(folder: Path) -> bool:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from qwentune.errors import UsageError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -19,6 +21,10 @@ def npu_available() -> bool:
     return bool(torch.npu.is_available())
 
 
+class DeviceUnavailable(UsageError, RuntimeError):
+    """The device the config or a flag asks for is not on this machine (exit 2)."""
+
+
 def select_device(requested: str = "auto") -> str:
     """'auto' -> cuda, else npu, else cpu; an explicit choice is checked."""
     if requested == "auto":
@@ -28,9 +34,9 @@ def select_device(requested: str = "auto") -> str:
             return "npu"
         return "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{requested}' was asked for but CUDA is not available; use device: auto or cpu")
+        raise DeviceUnavailable(f"device '{requested}' was asked for but CUDA is not available; use device: auto or cpu")
     if requested.startswith("npu") and not npu_available():
-        raise RuntimeError(f"device '{requested}' was asked for but no Ascend NPU (torch_npu) is available")
+        raise DeviceUnavailable(f"device '{requested}' was asked for but no Ascend NPU (torch_npu) is available")
     return requested
 
 

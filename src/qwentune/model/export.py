@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from qwentune.console import console
+from qwentune.errors import UsageError
 from qwentune.paths import CHECKPOINTS_DIR
 
 
@@ -55,7 +56,7 @@ def export_merged(
 
     output = Path(output_dir)
     if output.exists() and any(output.iterdir()):
-        raise FileExistsError(f"output folder '{output}' is not empty; choose a new folder")
+        raise UsageError(f"output folder '{output}' is not empty; choose a new folder")
     model, tokenizer, info = load_for_inference(
         model_path, base_model=base_model, device=device, dtype="saved", trust_remote_code=trust_remote_code
     )
@@ -88,20 +89,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from qwentune.assets import AssetError
-
     with console.status(f"Exporting {args.model_path} ..."):
-        try:
-            output = export_merged(
-                args.model_path,
-                args.output_dir,
-                base_model=args.base_model,
-                device=args.device,
-                trust_remote_code=args.trust_remote_code,
-            )
-        except (OSError, AssetError, RuntimeError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            return 1
+        output = export_merged(
+            args.model_path,
+            args.output_dir,
+            base_model=args.base_model,
+            device=args.device,
+            trust_remote_code=args.trust_remote_code,
+        )
     console.print(
         f"[green]Exported[/green] to {output}. Load it anywhere with "
         f"AutoModelForCausalLM.from_pretrained('{output}') and AutoTokenizer.from_pretrained('{output}')."

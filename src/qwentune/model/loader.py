@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
 from qwentune.assets import resolve_model_name
+from qwentune.errors import QwentuneError, RunFailed, UsageError
 from qwentune.hub import ModelUnavailable, from_pretrained_kwargs
+
+DAMAGED_MODEL_ADVICE = "check that the folder holds a complete model (config.json and its weights); copy or download it again"
+
+
+@contextlib.contextmanager
+def loading(what: str) -> Iterator[None]:
+    """A library's failure to load `what` becomes one RunFailed naming it (exit 1 in every stage)."""
+    try:
+        yield
+    except QwentuneError:
+        raise
+    except Exception as exc:  # safetensors, torch, peft and shape errors share no base class
+        raise RunFailed(f"could not load {what}: {type(exc).__name__}: {exc}", advice=DAMAGED_MODEL_ADVICE) from exc
 
 
 def quiet_library_noise() -> None:
@@ -60,6 +77,9 @@ def load_causal_lm(
     quant = quantization_config(quantization_bit, dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
+    if Path(path).exists():
+        with loading(f"the model in '{path}'"):
+            return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
@@ -119,8 +139,10 @@ def load_for_inference(
 
         base = base_model or base_model_of(folder)
         if not base:
-            raise OSError(f"adapter '{folder}' does not name its base model; pass base_model (--base_model)")
-        model = PeftModel.from_pretrained(load_causal_lm(base, **load), folder)
+            raise UsageError(f"adapter '{folder}' does not name its base model; pass base_model (--base_model)")
+        base_lm = load_causal_lm(base, **load)
+        with loading(f"the adapter in '{folder}'"):
+            model = PeftModel.from_pretrained(base_lm, folder)
         plain_model = model.get_base_model()
     else:
         base = meta.get("base_model", str(target))

@@ -24,13 +24,14 @@ from dataclasses import dataclass
 
 from qwentune.config.base import apply_overrides, validate
 from qwentune.config.training import TrainConfig
+from qwentune.errors import UsageError
 from qwentune.model.device import Precision
 
 GIB = 1024**3
 
 
-class DoesNotFitError(MemoryError):
-    """The estimated memory exceeds what the device has free; the message names settings that fit."""
+class DoesNotFitError(UsageError, MemoryError):
+    """The estimated memory exceeds what the device has free; the message names settings that fit (exit 2)."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from qwentune.config.base import ConfigError, load_config
 from qwentune.config.training import TrainConfig
-from qwentune.console import console, error, notice
+from qwentune.console import console, notice
 from qwentune.train.debug import DEBUG_SAMPLES, DEBUG_STEPS
 
 if TYPE_CHECKING:
@@ -37,16 +37,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from qwentune.assets import AssetError
-    from qwentune.hub import ModelUnavailable
-    from qwentune.train.plan import DoesNotFitError
-
-    try:
-        config = load_config(TrainConfig, args.config, args.overrides)
-        run_training(config, resume_from_checkpoint=args.resume_from_checkpoint, debug=args.debug, deepspeed=args.deepspeed)
-    except (ConfigError, DoesNotFitError, FileNotFoundError, ModelUnavailable, AssetError) as exc:
-        error(str(exc))
-        return 2
+    config = load_config(TrainConfig, args.config, args.overrides)
+    run_training(config, resume_from_checkpoint=args.resume_from_checkpoint, debug=args.debug, deepspeed=args.deepspeed)
     return 0
 
 
