@@ -93,6 +93,7 @@ def render(
             for m in messages
         ]
     elif tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+        _announce("tools", "the chat template has no tool support: tools are rendered in Qwen's tool-prompt style (docs/tools_and_reasoning.md)")
         messages = qwen_style_messages(messages, tools or [])  # a template that knows nothing of tools
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=add_generation_prompt, **extra
