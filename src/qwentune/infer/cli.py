@@ -31,6 +31,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trust_remote_code", action="store_true", help="run the model's own code (only for models you trust)"
     )
+    parser.add_argument(
+        "--enable_thinking",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Qwen3-style models: reason in a think block before answering (default: as the model was trained)",
+    )
 
 
 def load_engine(args: argparse.Namespace):
@@ -48,6 +54,7 @@ def load_engine(args: argparse.Namespace):
                 quantization_bit=args.load_in_bits,
                 trust_remote_code=args.trust_remote_code,
                 system_prompt=args.system,
+                enable_thinking=args.enable_thinking,
             )
         except (OSError, AssetError, RuntimeError, ImportError) as exc:
             console.print(f"[red]error:[/red] {exc}")
@@ -112,10 +119,12 @@ def run_cli(args: argparse.Namespace) -> int:
         return 1
     if args.input is not None:
         from qwentune.infer.engine import PromptTooLongError
+        from qwentune.infer.interactive import show_reply
 
         try:
-            for piece in engine.stream(args.input, **settings.model_dump()):
-                console.out(piece, end="", highlight=False)
+            # Reasoning shown dimmed, as in the chat; the answer as it is written.
+            for _ in show_reply(engine.stream_reply(args.input, **settings.model_dump())):
+                pass
         except PromptTooLongError as exc:
             console.print(f"[red]error:[/red] {exc}")
             return 1

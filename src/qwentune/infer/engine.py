@@ -39,7 +39,7 @@ from transformers import StoppingCriteriaList
 
 from qwentune.data.dataset import with_system_prompt
 from qwentune.data.reasoning import THINK_OPEN
-from qwentune.data.tokenize import render
+from qwentune.data.tokenize import render, template_kwargs
 from qwentune.data.toolcalls import normalise_call, normalise_tools, tool_names
 from qwentune.errors import RunFailed
 from qwentune.infer.decoding import Completion, GenerationRequest, RowMonitor
@@ -164,6 +164,11 @@ class QwenInference:
     def context_length(self) -> int:
         """Most tokens (prompt and answer together) the model was built for."""
         return int(getattr(self.model.config, "max_position_embeddings", 0) or 32768)
+
+    @property
+    def has_thinking_switch(self) -> bool:
+        """Whether the chat template has Qwen3's enable_thinking switch."""
+        return bool(template_kwargs(self.tokenizer))
 
     @property
     def stop_ids(self) -> set[int]:
