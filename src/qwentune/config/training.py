@@ -62,6 +62,9 @@ class DataConfig(StrictModel):
         return self
 
 
+_PREFERENCE_KEYS = ("pref_loss", "pref_beta", "pref_label_smoothing", "simpo_gamma", "orpo_lambda", "precompute_ref_logprobs")
+
+
 class TrainingConfig(StrictModel):
     output_dir: str = str(paths.CHECKPOINTS_DIR)
     logging_dir: str = str(paths.LOGS_DIR)
@@ -100,6 +103,21 @@ class TrainingConfig(StrictModel):
     load_best_model_at_end: bool = False
     # "tensorboard" writes event files to logging_dir; other Trainer integrations (wandb, ...) pass through.
     report_to: list[str] = ["tensorboard"]
+    # What is trained: sft (conversations), dpo (preference pairs; see pref_loss). docs/training.md.
+    stage: Literal["sft", "dpo"] = "sft"
+    # stage dpo: sigmoid (DPO), ipo, hinge (SLiC), simpo or orpo (reference-free). None: sigmoid.
+    pref_loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] | None = None
+    # DPO/IPO/hinge/SimPO temperature β: how far the policy may move from the reference.
+    pref_beta: float = Field(0.1, gt=0)
+    # sigmoid / simpo: the probability that a pair's labels are flipped (conservative DPO).
+    pref_label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    # simpo: the target reward margin γ.
+    simpo_gamma: float = Field(0.5, ge=0)
+    # orpo: the weight λ of the odds-ratio term beside the chosen replies' NLL.
+    orpo_lambda: float = Field(0.1, gt=0)
+    # sigmoid/ipo/hinge: reference log-probs computed once before training instead of a reference
+    # forward each step (LoRA: the adapters disabled; full/freeze: no frozen copy kept in memory).
+    precompute_ref_logprobs: bool = False
 
     @model_validator(mode="after")
     def _one_precision(self):
@@ -115,6 +133,30 @@ class TrainingConfig(StrictModel):
                 f"training.save_steps ({self.save_steps}) must be a multiple of training.eval_steps "
                 f"({self.eval_steps}) to keep the best checkpoint (early_stopping_patience / load_best_model_at_end)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _preference_keys_fit_the_stage(self):
+        given = self.model_fields_set
+        loss = self.pref_loss or "sigmoid"
+        if self.stage == "sft":
+            for key in _PREFERENCE_KEYS:
+                if key in given:
+                    raise ValueError(f"training.{key} applies to training.stage dpo, but training.stage is 'sft'")
+            return self
+        only = {
+            "simpo_gamma": ("simpo",),
+            "orpo_lambda": ("orpo",),
+            "pref_label_smoothing": ("sigmoid", "simpo"),
+            "precompute_ref_logprobs": ("sigmoid", "ipo", "hinge"),
+            "pref_beta": ("sigmoid", "ipo", "hinge", "simpo"),
+        }
+        for key, losses in only.items():
+            if key in given and loss not in losses:
+                raise ValueError(
+                    f"training.{key} applies to training.pref_loss {' / '.join(losses)}, not '{loss}'"
+                    + (" (reference-free: it has no reference model)" if key == "precompute_ref_logprobs" else "")
+                )
         return self
 
     @property
@@ -174,6 +216,15 @@ class TrainConfig(StrictModel):
             raise ValueError(
                 f"gradient_accumulation_steps is {a} under training and {b} under mindspeed; set it in one place"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _preference_mask(self):
+        # A preference stage trains the final reply of each side; the SFT mask switches would be ignored.
+        if self.training.stage != "sft":
+            for key in ("train_on_prompt", "last_turn_only"):
+                if key in self.data.model_fields_set:
+                    raise ValueError(f"data.{key} applies to training.stage sft; stage {self.training.stage} trains the final reply")
         return self
 
     @property

@@ -139,14 +139,21 @@ def prepare_data(run: Run, debug: bool):
 
     model = run.config.model
     tokenizer = load_tokenizer(model.tokenizer_name_or_path or model.model_name_or_path, model.trust_remote_code)
-    train_split, eval_split = load_splits(run.config, tokenizer)
+    if run.config.training.stage == "sft":
+        train_split, eval_split = load_splits(run.config, tokenizer)
+    else:  # preference pairs: prompt + chosen and prompt + rejected, trained on the final reply
+        from qwentune.train.preference import load_pair_splits
+
+        train_split, eval_split = load_pair_splits(run.config, tokenizer)
+        if train_split.not_pairs:
+            run.notice(f"{train_split.not_pairs} records of data.train_file are not preference pairs and were skipped")
     run.say("[bold]One training example[/bold] (labels: the tokens inside ⟦ ⟧ are trained):")
     run.say(describe_example(tokenizer, train_split.examples[0]), markup=False)
     if train_split.truncated:
         run.notice(f"{train_split.truncated} training examples were longer than data.max_seq_length and were truncated")
     if train_split.without_targets:
         run.notice(f"{len(train_split.without_targets)} training examples had no assistant tokens left to train and were dropped")
-    if debug:
+    if debug and run.config.training.stage == "sft":
         for line in checks.label_statistics(train_split):
             run.say(f"  {line}", markup=False)
         problems = checks.label_problems(train_split, tokenizer, run.config.data.train_on_prompt)
@@ -244,8 +251,17 @@ def build_trainer(run: Run, arguments, model, tokenizer, train_split, eval_split
     from qwentune.train.progress import RichProgressCallback
 
     training = run.config.training
-    train_dataset = ExampleDataset(train_split.examples)
-    collator = make_collator(run.config, tokenizer.pad_token_id, shape.accepts_logits_to_keep)
+    if training.stage == "sft":
+        train_dataset = ExampleDataset(train_split.examples)
+        eval_dataset = ExampleDataset(eval_split.examples) if eval_split is not None else None
+        collator = make_collator(run.config, tokenizer.pad_token_id, shape.accepts_logits_to_keep)
+        trainer_class, stage_arguments = Trainer, {}
+    else:
+        from qwentune.train.preference import preference_parts
+
+        train_dataset, eval_dataset, collator, trainer_class, stage_arguments = preference_parts(
+            run.config, model, tokenizer, train_split, eval_split, shape.accepts_logits_to_keep, arguments
+        )
     if debug:
         run.say(f"  {describe_batch(collator([train_dataset[i] for i in range(min(2, len(train_dataset)))]))}", soft_wrap=True)
     callbacks = [
@@ -261,14 +277,15 @@ def build_trainer(run: Run, arguments, model, tokenizer, train_split, eval_split
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=training.logging_dir)))
     if eval_split is not None and training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience))
-    trainer = Trainer(
+    trainer = trainer_class(
         model=model,
         args=arguments,
         train_dataset=train_dataset,
-        eval_dataset=ExampleDataset(eval_split.examples) if eval_split is not None else None,
+        eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=callbacks,
+        **stage_arguments,
     )
     trainer.remove_callback(PrinterCallback)  # the progress callback prints instead
     return trainer
@@ -296,6 +313,10 @@ def save_output(run: Run, trainer, result, tokenizer, meta: dict, started: float
         save_inference_files(output_dir, model, tokenizer, {**meta, "train_summary": summary})
         curve = write_loss_history(output_dir, trainer.state.log_history)
         plot_loss_curve(curve, output_dir / "loss_curve.png")
+        if run.config.training.stage != "sft":
+            from qwentune.train.preference import plot_preference_curves
+
+            plot_preference_curves(trainer.state.log_history, output_dir / "preference_curves.png")
         run.logger.info("done %s", summary)
         console.print(
             f"[green]Training done[/green] in {summary['seconds']:.0f}s: {result.global_step} steps, "

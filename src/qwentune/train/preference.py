@@ -1,0 +1,318 @@
+"""Preference training (training.stage: dpo): pairs -> one packed, isolated row per batch -> the loss.
+
+Each pair becomes two encoded conversations, prompt + chosen and prompt + rejected, trained on
+the final reply only. A batch of n pairs is one row of 2n sequences (chosen, rejected, chosen, ...)
+with positions restarting per sequence: the SFT packing and its per-sequence attention isolation
+(`qwentune.data.pack`, `qwentune.train.attention`), so a pair costs what two SFT examples do and no
+compute goes to padding. Only reply positions get logits (`logits_to_keep`), and each kept position
+carries the number of its sequence, so per-sequence log-probs are one `index_add`.
+
+The reference: under LoRA the policy itself with its adapters disabled (no second copy); with full or
+freeze tuning a frozen copy; or, with `precompute_ref_logprobs`, log-probs computed once before
+training and carried with each pair. SimPO and ORPO need none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+
+from qwentune.config.base import ConfigError
+from qwentune.data.dataset import read_canonical, with_system_prompt
+from qwentune.data.pack import PackingCollator, PaddingCollator, shifted_targets
+from qwentune.data.tokenize import IGNORE_INDEX, EncodedExample, encode_conversation
+from qwentune.train.pref_losses import PreferenceLoss, preference_loss, sequence_logps
+
+SIDES = ("chosen", "rejected")
+
+
+@dataclass
+class PairExample:
+    chosen: EncodedExample
+    rejected: EncodedExample
+
+    @property
+    def input_ids(self) -> list[int]:  # for describe_example: the chosen conversation
+        return self.chosen.input_ids
+
+    @property
+    def labels(self) -> list[int]:
+        return self.chosen.labels
+
+    @property
+    def num_trained_tokens(self) -> int:
+        return self.chosen.num_trained_tokens + self.rejected.num_trained_tokens
+
+
+@dataclass
+class PairSplit:
+    examples: list[PairExample]
+    truncated: int
+    without_targets: list[str]  # pairs dropped: a side had no reply token left after truncation
+    not_pairs: int  # records in the file that are not preference pairs (SFT or KTO records)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens of each pair: both sides go into the same row."""
+        return [len(e.chosen.input_ids) + len(e.rejected.input_ids) for e in self.examples]
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(e.num_trained_tokens for e in self.examples)
+
+
+def encode_pairs(records: list[dict], tokenizer, *, max_length: int, system_prompt: str | None = None) -> PairSplit:
+    examples, truncated, without_targets, not_pairs = [], 0, [], 0
+    for number, record in enumerate(records, start=1):
+        if "chosen" not in record or "rejected" not in record:
+            not_pairs += 1
+            continue
+        prompt = with_system_prompt(record["messages"], system_prompt)
+        sides = [
+            encode_conversation(tokenizer, [*prompt, record[side]], last_turn_only=True, max_length=max_length)
+            for side in SIDES
+        ]
+        truncated += any(side.truncated for side in sides)
+        if any(side.num_trained_tokens == 0 for side in sides):
+            without_targets.append(str(record.get("id") or f"line {number}"))
+            continue
+        examples.append(PairExample(*sides))
+    return PairSplit(examples, truncated, without_targets, not_pairs)
+
+
+def load_pair_splits(config, tokenizer) -> tuple[PairSplit, PairSplit | None]:
+    """(train, validation or None) pairs, read from the processed preference files."""
+    data = config.data
+    encode = dict(max_length=data.max_seq_length, system_prompt=data.default_system_prompt)
+    train = encode_pairs(read_canonical(data.train_file, data.max_samples), tokenizer, **encode)
+    if not train.examples:
+        raise ConfigError(
+            f"data.train_file {data.train_file}: no preference pair (a record with 'chosen' and 'rejected') "
+            f"to train on with training.stage {config.training.stage}; {train.not_pairs} records are not pairs. "
+            "Preprocess preference data (data/formats/preference.py lists the shapes) into its own folder."
+        )
+    if not (data.validation_file and Path(data.validation_file).is_file()):
+        return train, None
+    validation = encode_pairs(read_canonical(data.validation_file, data.max_eval_samples), tokenizer, **encode)
+    return train, (validation if validation.examples else None)
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Pairs as features; precomputed reference log-probs ride along when there are some."""
+
+    def __init__(self, examples: list[PairExample], reference: torch.Tensor | None = None):
+        self.examples = examples
+        self.reference = reference  # (pairs, 2): chosen, rejected
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        example = self.examples[index]
+        feature = {
+            "chosen_input_ids": example.chosen.input_ids,
+            "chosen_labels": example.chosen.labels,
+            "rejected_input_ids": example.rejected.input_ids,
+            "rejected_labels": example.rejected.labels,
+        }
+        if self.reference is not None:
+            feature["reference_logps"] = self.reference[index].tolist()
+        return feature
+
+
+@dataclass
+class PairCollator:
+    """A batch of pairs as 2n sequences (chosen, rejected, ...): packed into one row, or padded rows.
+
+    Adds `pref_targets` (each kept logit's target) and `pref_segments` (its sequence number), in the
+    order the model returns the kept logits for the given `logits_selection`.
+    """
+
+    pad_token_id: int
+    packed: bool = True
+    pad_to: int | None = None
+    logits_selection: str | None = "mask"
+
+    def __call__(self, features: list[dict]) -> dict:
+        sequences = [
+            {"input_ids": f[f"{side}_input_ids"], "labels": f[f"{side}_labels"]} for f in features for side in SIDES
+        ]
+        if self.packed:
+            batch = PackingCollator()(sequences)
+            targets = torch.tensor([[t for s in sequences for t in shifted_targets(s["labels"])]])
+            segments = torch.tensor([[i for i, s in enumerate(sequences) for _ in s["input_ids"]]])
+        else:
+            batch = PaddingCollator(self.pad_token_id, pad_to=self.pad_to)(sequences)
+            width = batch["input_ids"].shape[1]
+            targets = torch.tensor([shifted_targets(s["labels"]) + [IGNORE_INDEX] * (width - len(s["labels"])) for s in sequences])
+            segments = torch.arange(len(sequences)).unsqueeze(1).expand(-1, width)
+        # Rows and positions come from the SFT collators; the targets and the kept logits are the pairs' own.
+        # The preference loss reads pref_targets: no LM loss inside the model.
+        batch = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
+        keep = targets != IGNORE_INDEX
+        if self.logits_selection == "mask":
+            batch["logits_to_keep"] = keep
+            targets, segments = targets[keep], segments[keep]
+        elif self.logits_selection == "positions":
+            columns = keep.any(dim=0).nonzero().squeeze(1)
+            batch["logits_to_keep"] = columns
+            targets, segments = targets[:, columns], segments[:, columns]
+        batch["pref_targets"], batch["pref_segments"] = targets, segments
+        batch["pref_pairs"] = torch.tensor(len(features))
+        if "reference_logps" in features[0]:
+            batch["reference_logps"] = torch.tensor([f["reference_logps"] for f in features])
+        return batch
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "logits_to_keep")
+
+
+def pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log-probs, trained tokens), each (pairs, 2): chosen and rejected of each pair."""
+    outputs = model(**{key: batch[key] for key in MODEL_INPUTS if key in batch}, use_cache=False)
+    sequences = 2 * int(batch["pref_pairs"])
+    sums, counts = sequence_logps(outputs.logits, batch["pref_targets"], batch["pref_segments"], sequences)
+    return sums.view(-1, 2), counts.view(-1, 2)
+
+
+def reference_context(model):
+    """The policy as its own reference: a PEFT model with its adapters disabled."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+
+
+class PreferenceTrainer(Trainer):
+    """Trainer whose loss is a preference loss; logs rewards, margins, accuracy and log-probs like TRL."""
+
+    def __init__(self, *args, preference: PreferenceLoss, reference_model=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.preference = preference
+        self.reference_model = reference_model
+        if reference_model is not None:
+            self.reference_model = reference_model.to(self.args.device).eval().requires_grad_(False)
+        self.model_accepts_loss_kwargs = False  # the loss is a mean over pairs: the Trainer scales it for accumulation
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def reference_logps(self, model, batch: dict) -> torch.Tensor | None:
+        if not self.preference.needs_reference:
+            return None
+        if "reference_logps" in batch:
+            return batch["reference_logps"]
+        with torch.no_grad():
+            if self.reference_model is not None:
+                return pair_logps(self.reference_model, batch)[0]
+            policy = self.accelerator.unwrap_model(model)
+            with reference_context(policy):
+                return pair_logps(policy, batch)[0]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logps, counts = pair_logps(model, inputs)
+        reference = self.reference_logps(model, inputs)
+        losses, metrics = preference_loss(
+            self.preference,
+            logps[:, 0], logps[:, 1], counts[:, 0], counts[:, 1],
+            *((reference[:, 0], reference[:, 1]) if reference is not None else ()),
+        )
+        logged = self._metrics["train" if model.training else "eval"]
+        for name, values in metrics.items():
+            logged[name].append(values.float().mean().item())
+        loss = losses.mean()
+        return (loss, {"logps": logps}) if return_outputs else loss
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for name, values in self._metrics[mode].items():
+            if values:
+                logs[f"{prefix}{name}"] = round(sum(values) / len(values), 6)
+        self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+
+def frozen_reference(model, config, settings: PreferenceLoss):
+    """A frozen copy of the starting model when the loss needs a reference the policy cannot give."""
+    if not settings.needs_reference or config.training.precompute_ref_logprobs or config.training.finetuning_type == "lora":
+        return None
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def precompute_reference(model, dataset: PairDataset, collator: PairCollator, batch_size: int, device) -> PairDataset:
+    """The dataset with the starting model's log-probs of each side, computed once (before any update)."""
+    sums = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), reference_context(model):
+        for start in range(0, len(dataset), batch_size):
+            batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            batch = {key: value.to(device) for key, value in batch.items()}
+            sums.append(pair_logps(model, batch)[0].cpu())
+    model.train(was_training)
+    return PairDataset(dataset.examples, torch.cat(sums))
+
+
+def settings_of(config) -> PreferenceLoss:
+    training = config.training
+    return PreferenceLoss(
+        loss=training.pref_loss or "sigmoid",
+        beta=training.pref_beta,
+        label_smoothing=training.pref_label_smoothing,
+        simpo_gamma=training.simpo_gamma,
+        orpo_lambda=training.orpo_lambda,
+    )
+
+
+def plot_preference_curves(log_history: list[dict], image_path: Path) -> None:
+    """Rewards of chosen and rejected, and the preference accuracy, over training steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [entry for entry in log_history if "rewards/chosen" in entry]
+    if not points:
+        return
+    steps = [p["step"] for p in points]
+    figure, (rewards, accuracy) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        rewards.plot(steps, [p[key] for p in points], label=key.split("/")[1])
+    rewards.set_xlabel("step")
+    rewards.set_ylabel("reward")
+    rewards.legend()
+    accuracy.plot(steps, [p["rewards/accuracies"] for p in points], color="green")
+    accuracy.set_xlabel("step")
+    accuracy.set_ylabel("preference accuracy (training batches)")
+    accuracy.set_ylim(0, 1)
+    figure.tight_layout()
+    figure.savefig(image_path)
+    plt.close(figure)
+
+
+def preference_parts(config, model, tokenizer, train_split: PairSplit, eval_split: PairSplit | None, logits_selection, arguments):
+    """(train dataset, eval dataset, collator, Trainer class, its extra arguments) for training.stage dpo."""
+    from qwentune.train.arguments import BATCHING
+
+    mode = BATCHING[config.data.batching]
+    if isinstance(logits_selection, bool):  # older ModelShape: whether a boolean mask is accepted
+        logits_selection = "mask" if logits_selection else None
+    collator = PairCollator(
+        tokenizer.pad_token_id,
+        packed=mode.packed,
+        pad_to=config.data.max_seq_length if mode.pad_to_max_length else None,
+        logits_selection=logits_selection,
+    )
+    settings = settings_of(config)
+    train = PairDataset(train_split.examples)
+    evaluation = PairDataset(eval_split.examples) if eval_split is not None else None
+    if settings.needs_reference and config.training.precompute_ref_logprobs:
+        batch = config.training.per_device_eval_batch_size
+        model.to(arguments.device)
+        train = precompute_reference(model, train, collator, batch, arguments.device)
+        if evaluation is not None:
+            evaluation = precompute_reference(model, evaluation, collator, batch, arguments.device)
+    extra = {"preference": settings, "reference_model": frozen_reference(model, config, settings)}
+    return train, evaluation, collator, PreferenceTrainer, extra
