@@ -181,7 +181,7 @@ class Intake:
 
     def items(self) -> Iterator[Record | Reject]:
         for file in self.files:
-            self.current = DataFile(file.path)
+            self.current = DataFile(file.path, self.config.record_char_cap())
             for item in self._file_items(file, self.current):
                 file.items += 1
                 yield item

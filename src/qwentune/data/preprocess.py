@@ -136,7 +136,9 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessReport:
             )
             counter = None
             if count_lengths and tokenizer is not None:
-                counter = clean.TokenCounter(tokenizer, tokenizer_path, config.worker_count(), config.batch_size)
+                counter = clean.TokenCounter(
+                    tokenizer, tokenizer_path, config.worker_count(), config.batch_size, max_length=config.max_length
+                )
             with counter or contextlib.nullcontext(), _progress(intake) as advance:
                 if counter is not None:
                     items = clean.length_filter(

@@ -8,6 +8,10 @@ Each record comes out as a RawRecord (1-based line of the text file where the re
 or 1-based row of a Parquet file) or as a ReadFailure (a line that is not JSON). A failure that
 stops the rest of the file from being read is marked `fatal`; a file that cannot be opened at
 all raises UnreadableFile.
+
+A record longer than `max_record_chars` characters (of JSON text) is not parsed: it becomes a
+`too_long` ReadFailure holding its first characters, and the reader skips to its end holding
+at most about that many characters in memory, whatever the size of the record.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import fnmatch
 import gzip
 import io
 import json
+import re
 import shutil
 import tempfile
 import zlib
@@ -36,6 +41,12 @@ _TRUNCATION_MARGIN = 16
 _SNIFF_LINES = 6
 _SNIFF_CHARS = 1 << 16
 _GZIP_MAGIC = b"\x1f\x8b"
+# Of a record over max_record_chars, this much is kept (in rejects.jsonl) to show which one it was.
+_KEPT_CHARS = 1000
+# What skipping an oversized JSON value reads past: anything but brackets and quotes outside a
+# string; anything but a quote (escapes included) inside one.
+_OUTSIDE_STRING = re.compile(r'[^"{}\[\]]*+')
+_STRING_BODY = re.compile(r'(?:[^"\\]++|\\.)*+', re.DOTALL)
 _PARQUET_MAGIC = b"PAR1"
 
 
@@ -86,10 +97,14 @@ def find_data_files(root: Path, exclude: list[str] = ()) -> list[Path]:
 
 
 class DataFile:
-    """One data file; iterate `records()` once. `bytes_read` follows progress on disk."""
+    """One data file; iterate `records()` once. `bytes_read` follows progress on disk.
 
-    def __init__(self, path: Path):
+    `max_record_chars`: a JSON record longer than this is skipped unparsed (see the module doc).
+    """
+
+    def __init__(self, path: Path, max_record_chars: int | None = None):
         self.path = Path(path)
+        self.max_record_chars = max_record_chars
         self.size = self.path.stat().st_size
         self._disk = None
 
@@ -117,7 +132,7 @@ class DataFile:
                 # errors="replace": undecodable bytes become U+FFFD, which cleaning counts per record
                 # (broken_encoding) instead of one bad byte failing the whole file.
                 text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="replace", newline="")
-                yield from _text_records(text)
+                yield from _text_records(text, self.max_record_chars)
             except (OSError, EOFError, zlib.error) as exc:
                 raise UnreadableFile(f"read failed: {exc}") from exc
 
@@ -143,7 +158,7 @@ def _parquet_records(binary, compressed: bool, disk) -> Iterator[RawRecord]:
                 yield RawRecord(line=row, data=data)
 
 
-def _text_records(text: io.TextIOWrapper) -> Iterator[RawRecord | ReadFailure]:
+def _text_records(text: io.TextIOWrapper, cap: int | None = None) -> Iterator[RawRecord | ReadFailure]:
     head = text.read(_CHUNK_CHARS)
     # Enough of the first lines to tell JSON lines from one JSON value (bounded: minified JSON has no lines).
     while head.count("\n") < _SNIFF_LINES and len(head) < _SNIFF_CHARS and (more := text.read(_CHUNK_CHARS)):
@@ -154,9 +169,9 @@ def _text_records(text: io.TextIOWrapper) -> Iterator[RawRecord | ReadFailure]:
     if stripped[0] not in "[{":
         raise UnreadableFile(f"not JSON: the file starts with {stripped[:20]!r}")
     if stripped[0] == "{" and _looks_like_json_lines(stripped):
-        yield from _json_lines(head, text)
+        yield from _json_lines(head, text, cap)
     else:
-        yield from _JsonValueStream(head, text)
+        yield from _JsonValueStream(head, text, cap)
 
 
 def _looks_like_json_lines(head: str) -> bool:
@@ -176,20 +191,49 @@ def _looks_like_json_lines(head: str) -> bool:
     return False
 
 
-def _json_lines(head: str, rest: io.TextIOWrapper) -> Iterator[RawRecord | ReadFailure]:
-    """JSON lines: one value a line; a broken line is one failure and reading goes on."""
+def _json_lines(head: str, rest: io.TextIOWrapper, cap: int | None = None) -> Iterator[RawRecord | ReadFailure]:
+    """JSON lines: one value a line; a broken line is one failure and reading goes on.
+
+    A line over `cap` characters is a `too_long` failure: only its first characters are kept,
+    the rest is read past chunk by chunk without being held.
+    """
     pending = ""
+    oversized = None  # the first characters of a line over the cap whose end is still ahead
     number = 0
     chunk = head
     while chunk:
+        if oversized is not None:
+            end = chunk.find("\n")
+            if end < 0:
+                chunk = rest.read(_CHUNK_CHARS)
+                continue
+            number += 1
+            yield _too_long(number, oversized, cap)
+            oversized, chunk = None, chunk[end + 1 :]
         lines = (pending + chunk).split("\n")
         pending = lines.pop()
         for line in lines:
             number += 1
-            yield from _json_line(number, line)
+            if cap is not None and len(line) > cap:
+                yield _too_long(number, line[:_KEPT_CHARS], cap)
+            else:
+                yield from _json_line(number, line)
+        if cap is not None and len(pending) > cap:
+            oversized, pending = pending[:_KEPT_CHARS], ""
         chunk = rest.read(_CHUNK_CHARS)
-    if pending:
+    if oversized is not None:
+        yield _too_long(number + 1, oversized, cap)
+    elif pending:
         yield from _json_line(number + 1, pending)
+
+
+def _too_long(line: int, start: str, cap: int) -> ReadFailure:
+    return ReadFailure(
+        line=line,
+        reason="too_long",
+        detail=f"the record is over max_record_chars ({cap:,} characters of JSON); it was not parsed",
+        text=start + "…",
+    )
 
 
 def _json_line(number: int, line: str) -> Iterator[RawRecord | ReadFailure]:
@@ -207,10 +251,12 @@ class _JsonValueStream:
     The buffer holds about one chunk plus the value being decoded. A value is only taken when
     text follows it, so a value cut off at the end of the buffer (a number split in two) is
     never mistaken for a whole one. Line numbers are counted incrementally from `mark`.
+    A value that grows past `cap` characters is skipped by `skip_value` without being decoded.
     """
 
-    def __init__(self, head: str, rest: io.TextIOWrapper):
+    def __init__(self, head: str, rest: io.TextIOWrapper, cap: int | None = None):
         self.rest = rest
+        self.cap = cap
         self.buffer = head
         self.position = 0
         self.mark, self.mark_line = 0, 1  # buffer[mark] is on line mark_line
@@ -243,6 +289,38 @@ class _JsonValueStream:
                 return True
             if not self.refill():
                 return False
+
+    def skip_value(self) -> ReadFailure | None:
+        """Read past the object, array or string at `position` (brackets and quotes counted, escapes
+        honoured) holding one chunk at a time; the too_long failure, or None when it is none of those."""
+        start = self.buffer[self.position]
+        if start not in '{["':
+            return None
+        line = self.line_at(self.position)
+        kept = self.buffer[self.position : self.position + _KEPT_CHARS]
+        depth, in_string, index = 0, False, self.position
+        while True:
+            # Runs of ordinary characters (and, in a string, escapes) are skipped by the regex engine.
+            match = (_STRING_BODY if in_string else _OUTSIDE_STRING).match(self.buffer, index)
+            index = match.end()
+            if index >= len(self.buffer) or (in_string and self.buffer[index] == "\\"):
+                # Need more text: keep only the unscanned tail (a backslash whose escape is cut off).
+                self.position = index
+                if not self.refill():
+                    return _too_long(line, kept, self.cap)  # the file ends inside it: the reader stops there
+                index = self.position
+                continue
+            token = self.buffer[index]
+            index += 1
+            if token == '"':
+                in_string = not in_string
+                if in_string:
+                    continue
+            else:
+                depth += 1 if token in "{[" else -1
+            if depth == 0:
+                self.position = index
+                return _too_long(line, kept, self.cap)
 
     def fatal(self, detail: str) -> ReadFailure:
         text = self.buffer[self.position : self.position + 200]
@@ -279,6 +357,11 @@ class _JsonValueStream:
                 value, end = decoder.raw_decode(self.buffer, self.position)
             except json.JSONDecodeError as exc:
                 cut_off = exc.pos >= len(self.buffer) - _TRUNCATION_MARGIN or exc.msg.startswith("Unterminated")
+                if cut_off and self.cap is not None and len(self.buffer) - self.position > self.cap:
+                    if (failure := self.skip_value()) is not None:
+                        yield failure
+                        need_separator = in_array
+                        continue
                 if cut_off and self.refill():
                     continue
                 error_line = self.line_at(self.position) + self.buffer.count("\n", self.position, exc.pos)
