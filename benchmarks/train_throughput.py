@@ -80,8 +80,8 @@ def run_trial(arm: str, config_path: str) -> None:
         # The official Qwen script's batches: padded to max_length, logits and loss everywhere.
         from qwentune.data.pack import PaddingCollator
 
-        arguments.make_collator = lambda config, pad_token_id, trained_logits_only: PaddingCollator(
-            pad_token_id, pad_to=config.data.max_seq_length, trained_logits_only=False
+        arguments.make_collator = lambda config, pad_token_id, logits_selection: PaddingCollator(
+            pad_token_id, pad_to=config.data.max_seq_length, logits_selection=None
         )
     run_training(load_config(TrainConfig, config_path))
 

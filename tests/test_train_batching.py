@@ -53,7 +53,7 @@ def logits_alone(model, example):
 
 
 def test_packing_collator_restarts_positions_and_never_targets_across_examples(examples):
-    batch = PackingCollator(trained_logits_only=False)(features(examples))
+    batch = PackingCollator(logits_selection=None)(features(examples))
     lengths = [len(e.input_ids) for e in examples]
     assert batch["input_ids"].shape == (1, sum(lengths))
     assert "attention_mask" not in batch  # a mask would hide the example boundaries from transformers
@@ -71,7 +71,7 @@ def test_trained_logits_only_keeps_exactly_the_positions_with_a_target(examples)
 
 
 def test_max_length_padding_pads_every_row_to_the_limit(examples):
-    batch = PaddingCollator(pad_token_id=0, pad_to=128, trained_logits_only=False)(features(examples))
+    batch = PaddingCollator(pad_token_id=0, pad_to=128, logits_selection=None)(features(examples))
     assert batch["input_ids"].shape == (3, 128)
     assert batch["attention_mask"].sum().item() == sum(len(e.input_ids) for e in examples)
 
@@ -80,7 +80,7 @@ def test_max_length_padding_pads_every_row_to_the_limit(examples):
 @pytest.mark.parametrize("attention", [PACKED_SDPA, "sdpa", "eager"])
 def test_packed_example_logits_equal_logits_alone(request, examples, architecture, attention):
     model = load(request.getfixturevalue(architecture), attention)
-    batch = PackingCollator(trained_logits_only=False)(features(examples))
+    batch = PackingCollator(logits_selection=None)(features(examples))
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
     reference = load(request.getfixturevalue(architecture), "sdpa")
@@ -94,7 +94,7 @@ def test_packed_example_logits_equal_logits_alone(request, examples, architectur
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_padded_example_logits_equal_logits_alone(tiny_qwen2, examples, attention):
     model = load(tiny_qwen2, attention)
-    batch = PaddingCollator(pad_token_id=0, trained_logits_only=False)(features(examples))
+    batch = PaddingCollator(pad_token_id=0, logits_selection=None)(features(examples))
     with torch.no_grad():
         padded = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     for row, example in enumerate(examples):

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Roughly Qwen2.5-7B.
 SEVEN_B = ModelShape(
     total=7_615_616_512, trainable=7_615_616_512, quantizable=6_525_353_984, hidden=3584, intermediate=18944,
-    layers=28, vocab=152064, supports_packing=True, accepts_logits_to_keep=True,
+    layers=28, vocab=152064, supports_packing=True, logits_selection="mask",
 )
 FP32, BF16 = Precision(torch.float32), Precision(torch.bfloat16)
 BATCH = BatchShape(tokens=4 * 2048, logit_tokens=4 * 1024)
@@ -99,7 +99,7 @@ def test_model_shape_counts_what_peft_trains(tiny_qwen2):
     real = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_qwen2), LoraConfig(r=8, target_modules="all-linear"))
     assert shape.trainable == sum(p.numel() for p in real.parameters() if p.requires_grad)
     assert shape.total == sum(p.numel() for p in real.parameters())
-    assert shape.supports_packing and shape.accepts_logits_to_keep and shape.layers == 2
+    assert shape.supports_packing and shape.logits_selection == "mask" and shape.layers == 2
 
 
 def test_lora_switches_reach_peft(tiny_qwen2):

@@ -1,9 +1,11 @@
 """Batches of encoded examples: padded rows, or one packed row per batch.
 
-With `trained_logits_only` (for models whose forward takes `logits_to_keep`), a collator also
-hands the model the positions that have a loss target and those targets already shifted
-(`shift_labels`), so the LM head runs only where a loss is computed: on a 151k vocabulary
-that head is a large share of a small model's compute, and prompt tokens never need it.
+With `logits_selection` (the form of `logits_to_keep` the model's forward accepts, probed by
+`qwentune.model.logits`), a collator also hands the model the positions that have a loss target
+and those targets already shifted (`shift_labels`), so the LM head runs only where a loss is
+computed: on a 151k vocabulary that head is a large share of a small model's compute, and prompt
+tokens never need it. "mask" keeps exactly each row's trained positions; "positions" (older
+transformers) keeps the columns where any row has a target, the others' targets there ignored.
 
 Packing concatenates a batch's examples into one row whose `position_ids` restart at 0 for
 each example and carries no attention mask: transformers reads the restarts as sequence
@@ -26,11 +28,16 @@ def shifted_targets(labels: list[int]) -> list[int]:
     return labels[1:] + [IGNORE_INDEX]
 
 
-def _trained_logits_only(targets: list[list[int]]) -> dict:
-    """`logits_to_keep` (a boolean mask: the model flattens the kept positions) and their targets."""
+def _trained_logits_only(targets: list[list[int]], selection: str | None) -> dict:
+    """`logits_to_keep` in the model's `selection` form and the targets of the logits it keeps."""
+    if selection is None:
+        return {}
     targets = torch.tensor(targets)
     keep = targets != IGNORE_INDEX
-    return {"logits_to_keep": keep, "shift_labels": targets[keep]}
+    if selection == "mask":  # the model flattens each row's kept positions
+        return {"logits_to_keep": keep, "shift_labels": targets[keep]}
+    columns = keep.any(dim=0).nonzero().squeeze(1)  # "positions": the same columns of every row
+    return {"logits_to_keep": columns, "shift_labels": targets[:, columns]}
 
 
 @dataclass
@@ -39,7 +46,7 @@ class PaddingCollator:
 
     pad_token_id: int
     pad_to: int | None = None
-    trained_logits_only: bool = True
+    logits_selection: str | None = "mask"
 
     def __call__(self, features: list[dict]) -> dict:
         width = self.pad_to or max(len(f["input_ids"]) for f in features)
@@ -55,14 +62,14 @@ class PaddingCollator:
             "attention_mask": torch.tensor(attention_mask),
             "labels": torch.tensor(labels),
         }
-        return {**batch, **_trained_logits_only(targets)} if self.trained_logits_only else batch
+        return {**batch, **_trained_logits_only(targets, self.logits_selection)}
 
 
 @dataclass
 class PackingCollator:
     """Concatenates a batch's examples into one row with per-example `position_ids`; no padding at all."""
 
-    trained_logits_only: bool = True
+    logits_selection: str | None = "mask"
 
     def __call__(self, features: list[dict]) -> dict:
         input_ids, labels, targets, position_ids = [], [], [], []
@@ -77,4 +84,4 @@ class PackingCollator:
             "position_ids": torch.tensor([position_ids]),
             "labels": torch.tensor([labels]),
         }
-        return {**batch, **_trained_logits_only([targets])} if self.trained_logits_only else batch
+        return {**batch, **_trained_logits_only([targets], self.logits_selection)}

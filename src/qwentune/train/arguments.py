@@ -25,12 +25,12 @@ BATCHING = {
 }
 
 
-def make_collator(config: TrainConfig, pad_token_id: int, trained_logits_only: bool):
+def make_collator(config: TrainConfig, pad_token_id: int, logits_selection: str | None):
     mode = BATCHING[config.data.batching]
     if mode.packed:
-        return PackingCollator(trained_logits_only=trained_logits_only)
+        return PackingCollator(logits_selection=logits_selection)
     pad_to = config.data.max_seq_length if mode.pad_to_max_length else None
-    return PaddingCollator(pad_token_id, pad_to=pad_to, trained_logits_only=trained_logits_only)
+    return PaddingCollator(pad_token_id, pad_to=pad_to, logits_selection=logits_selection)
 
 
 def training_arguments(

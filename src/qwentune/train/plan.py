@@ -44,7 +44,7 @@ class ModelShape:
     layers: int
     vocab: int
     supports_packing: bool  # attention honours per-example position_ids (transformers' attention interface)
-    accepts_logits_to_keep: bool  # the LM head can run on the trained positions only
+    logits_selection: str | None  # form of logits_to_keep the forward accepts (qwentune.model.logits), None: all logits
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,10 @@ def meta_model(config: TrainConfig):
 
 
 def model_shape(config: TrainConfig) -> ModelShape:
-    import inspect
-
     import torch
 
     from qwentune.model.adapters import count_parameters, decoder_layers
+    from qwentune.model.logits import logits_selection
     from qwentune.train.attention import supports_packing
 
     model = meta_model(config)
@@ -120,11 +119,11 @@ def model_shape(config: TrainConfig) -> ModelShape:
         layers=text.num_hidden_layers,
         vocab=text.vocab_size,
         supports_packing=supports_packing(base),
-        accepts_logits_to_keep="logits_to_keep" in inspect.signature(type(base).forward).parameters,
+        logits_selection=logits_selection(type(base)),
     )
 
 
-def batch_shape(lengths: list[int], trained_fraction: float, config: TrainConfig, trained_logits_only: bool) -> BatchShape:
+def batch_shape(lengths: list[int], trained_fraction: float, config: TrainConfig, logits_selection: str | None) -> BatchShape:
     """The largest micro-batch the data can produce under the configured batching."""
     size = config.training.per_device_train_batch_size
     longest = sorted(lengths, reverse=True)[:size]
@@ -135,7 +134,9 @@ def batch_shape(lengths: list[int], trained_fraction: float, config: TrainConfig
         tokens = size * config.data.max_seq_length
     else:
         tokens = size * longest[0]
-    logit_tokens = math.ceil(sum(longest) * trained_fraction) if trained_logits_only else tokens
+    # Positions shared by every row keep the union of the rows' trained positions: at most all of them.
+    exact = logits_selection == "mask" or (logits_selection == "positions" and batching == "packed")
+    logit_tokens = math.ceil(sum(longest) * trained_fraction) if exact else tokens
     return BatchShape(tokens=tokens, logit_tokens=logit_tokens)
 
 
@@ -251,7 +252,7 @@ class RunPlan:
         same_method = variant.training.finetuning_type == self.config.training.finetuning_type
         shape = self.shape if same_method else model_shape(variant)
         trained_fraction = self.trained_tokens / sum(self.lengths)
-        batch = batch_shape(self.lengths, trained_fraction, variant, self.shape.accepts_logits_to_keep)
+        batch = batch_shape(self.lengths, trained_fraction, variant, self.shape.logits_selection)
         return estimate_memory(shape, variant, self.precision, batch, self.world_size, self.zero_stage)
 
     def describe(self, available: int) -> str:

@@ -254,7 +254,7 @@ def build_trainer(run: Run, arguments, model, tokenizer, train_split, eval_split
     if training.stage == "sft":
         train_dataset = ExampleDataset(train_split.examples)
         eval_dataset = ExampleDataset(eval_split.examples) if eval_split is not None else None
-        collator = make_collator(run.config, tokenizer.pad_token_id, shape.accepts_logits_to_keep)
+        collator = make_collator(run.config, tokenizer.pad_token_id, shape.logits_selection)
         trainer_class, stage_arguments = Trainer, {}
     else:
         from qwentune.train.preference import preference_parts
