@@ -9,7 +9,8 @@ from pydantic import Field, model_validator
 from qwentune import paths
 from qwentune.config.base import StrictModel
 
-MetricName = Literal["bleu", "rouge", "bertscore", "perplexity", "diversity"]
+# tool_call_accuracy: scored on samples whose reference turn calls tools; thinking_length: of every prediction.
+MetricName = Literal["bleu", "rouge", "bertscore", "perplexity", "diversity", "tool_call_accuracy", "thinking_length"]
 
 
 class EvalModelConfig(StrictModel):
@@ -39,6 +40,8 @@ class GenerationConfig(StrictModel):
     top_p: float = Field(0.9, gt=0, le=1)
     repetition_penalty: float = Field(1.0, gt=0)
     batch_size: int = Field(8, ge=1)
+    # Qwen3-style thinking switch for generation; None: the model's default (as it was trained).
+    enable_thinking: bool | None = None
 
 
 class BertScoreConfig(StrictModel):
@@ -62,7 +65,9 @@ class EvalConfig(StrictModel):
             name="chinese_eval", path=str(paths.PROCESSED_DATA_DIR / "chinese_test.jsonl"), type="chinese_capability"
         ),
     ]
-    metrics: list[MetricName] = ["bleu", "rouge", "bertscore", "perplexity", "diversity"]
+    metrics: list[MetricName] = [
+        "bleu", "rouge", "bertscore", "perplexity", "diversity", "tool_call_accuracy", "thinking_length"
+    ]
     generation: GenerationConfig = GenerationConfig()
     bertscore: BertScoreConfig = BertScoreConfig()
     output: OutputConfig = OutputConfig()

@@ -35,8 +35,3 @@ def split_reasoning(text: str, *, opened: bool = False) -> Reasoned:
     if end < 0:
         return Reasoned(body.strip(), "", closed=False)
     return Reasoned(body[:end].strip(), body[end + len(THINK_CLOSE) :].strip())
-
-
-def thinking_length(reasoning: str | None) -> int:
-    """Characters of reasoning (0 for none): what reports call the thinking length."""
-    return len(reasoning or "")

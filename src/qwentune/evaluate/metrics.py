@@ -38,6 +38,12 @@ from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
 from qwentune.data.tokenize import IGNORE_INDEX, encode_prompt, end_of_turn_token
+from qwentune.evaluate.tool_metrics import (  # noqa: F401  (re-exported: one namespace of metrics)
+    NO_DIRECTION,
+    TOOL_METRIC_DEFINITIONS,
+    thinking_length,
+    tool_call_accuracy,
+)
 
 CHINESE = "zh"
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -94,6 +100,7 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "distinct_2": (
         "Distinct-2 (0-1): as distinct-1 for bigrams; a bigram never spans two predictions."
     ),
+    **TOOL_METRIC_DEFINITIONS,
 }
 
 

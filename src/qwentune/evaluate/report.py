@@ -60,7 +60,7 @@ import math
 from importlib import resources
 from pathlib import Path
 
-from qwentune.evaluate.metrics import LOWER_IS_BETTER, METRIC_DEFINITIONS
+from qwentune.evaluate.metrics import LOWER_IS_BETTER, METRIC_DEFINITIONS, NO_DIRECTION
 
 JSON_REPORT = "evaluation_report.json"
 CSV_REPORT = "evaluation_report.csv"
@@ -70,7 +70,10 @@ HTML_TEMPLATE = "report_template.html"
 PREDICTIONS = "predictions.jsonl"
 OVERALL = "overall"
 # Report order; metrics not listed here follow in the order they first appear.
-METRIC_ORDER = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore", "perplexity", "distinct_1", "distinct_2")
+METRIC_ORDER = (
+    "bleu", "rouge1", "rouge2", "rougeL", "bertscore", "perplexity", "distinct_1", "distinct_2",
+    "tool_call_parseable", "tool_call_name", "tool_call_exact", "thinking_chars",
+)
 # Per-sample scores shown in the HTML (a column per model and a histogram each); more would
 # crowd the table.
 SAMPLE_TABLE_METRICS = ("bleu", "rougeL", "bertscore")
@@ -162,7 +165,7 @@ def csv_rows(results: dict) -> list[dict]:
                     "metric": metric,
                     "value": value if _is_number(value) else "",
                     "delta_vs_base": "" if delta is None else delta,
-                    "better": "lower" if metric in LOWER_IS_BETTER else "higher",
+                    "better": "lower" if metric in LOWER_IS_BETTER else "" if metric in NO_DIRECTION else "higher",
                     "not_available_reason": "" if _is_number(value) else _not_available_reason(value),
                 })
     return rows

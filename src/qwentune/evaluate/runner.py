@@ -1,7 +1,10 @@
 """The evaluation recipe: samples -> predictions (base and tuned) -> metrics -> reports.
 
-Predictions are cached per model under `<results_dir>/cache/`, keyed by the prompt and the
-generation settings, so an interrupted evaluation resumes where it stopped.
+Predictions are cached per model under `<results_dir>/cache/`, keyed by the prompt, its tools and
+the generation settings, so an interrupted evaluation resumes where it stopped. A prediction is
+the answer after any think block (what the text and tool-call metrics score); the think block is
+kept apart for the thinking length. A sample whose reference turn calls tools is prompted with
+the record's tool definitions and scored by tool_call_accuracy against those calls.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from qwentune.config.base import ConfigError, load_config
 from qwentune.config.evaluation import EvalConfig
 from qwentune.console import console, notice
-from qwentune.evaluate import metrics
+from qwentune.data.reasoning import THINK_CLOSE
+from qwentune.data.toolcalls import call_text
 
 TUNED, BASE = "tuned", "base"
 
@@ -62,7 +66,9 @@ class Sample:
     id: str
     lang: str
     prompt: list[dict]  # the conversation up to the last assistant turn
-    reference: str  # the last assistant turn
+    reference: str  # the last assistant turn: its answer, then its calls as Qwen writes them
+    tools: list[dict] | None = None  # the record's tool definitions, offered to the model
+    reference_calls: list[dict] | None = None  # the last assistant turn's calls ({"name", "arguments"})
 
 
 def load_samples(path: str, dataset: str, limit: int | None) -> list[Sample]:
@@ -76,9 +82,11 @@ def load_samples(path: str, dataset: str, limit: int | None) -> list[Sample]:
         if not messages or messages[-1]["role"] != "assistant":
             skipped += 1
             continue
-        reference = messages[-1]["content"]
+        calls = messages[-1].get("tool_calls") or None
+        reference = "\n".join([messages[-1]["content"].strip(), *(call_text(c) for c in calls or ())]).strip()
+        lang = record.get("lang") or detect_lang(reference)
         samples.append(
-            Sample(dataset, str(record["id"]), record.get("lang") or detect_lang(reference), messages[:-1], reference)
+            Sample(dataset, str(record["id"]), lang, messages[:-1], reference, record.get("tools") or None, calls)
         )
         if limit is not None and len(samples) >= limit:
             break
@@ -90,24 +98,34 @@ def load_samples(path: str, dataset: str, limit: int | None) -> list[Sample]:
 # --- predictions -------------------------------------------------------------------------------------
 
 def _cache_key(sample: Sample, settings: dict) -> str:
-    payload = json.dumps([sample.prompt, settings], ensure_ascii=False, sort_keys=True)
+    # Tools join the key only when there are some: keys of earlier caches stay valid.
+    prompt = [sample.prompt, sample.tools] if sample.tools else sample.prompt
+    payload = json.dumps([prompt, settings], ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def _read_cache(path: Path) -> dict[str, str]:
+def _read_cache(path: Path) -> dict[str, dict]:
     cached = {}
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 entry = json.loads(line)
-                cached[entry["key"]] = entry["prediction"]
+                cached[entry["key"]] = {"prediction": entry["prediction"], "reasoning": entry.get("reasoning")}
             except (json.JSONDecodeError, KeyError):
                 break  # a line cut short by an interruption: everything before it is good
     return cached
 
 
-def predict(engine, samples: list[Sample], settings: dict, cache_file: Path, label: str) -> dict[str, str]:
-    """{sample id: prediction}, generating only what the cache lacks."""
+def answer_and_reasoning(reply) -> dict:
+    """The answer after the think block (tool-call text kept) and the reasoning, from an engine Reply."""
+    if reply.reasoning_content is None:
+        return {"prediction": reply.text.strip(), "reasoning": None}
+    _, closed, answer = reply.text.partition(THINK_CLOSE)
+    return {"prediction": answer.strip() if closed else "", "reasoning": reply.reasoning_content.strip()}
+
+
+def predict(engine, samples: list[Sample], settings: dict, cache_file: Path, label: str) -> dict[str, dict]:
+    """{sample id: {"prediction", "reasoning"}}, generating only what the cache lacks."""
     cached = _read_cache(cache_file)
     keys = {s.id: _cache_key(s, settings) for s in samples}
     todo = [s for s in samples if keys[s.id] not in cached]
@@ -118,17 +136,27 @@ def predict(engine, samples: list[Sample], settings: dict, cache_file: Path, lab
     generate_settings = {k: v for k, v in settings.items() if k != "batch_size"}
     columns = [TextColumn(f"Generating ({label})"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     # Similar prompt lengths together: less left padding per batch.
-    todo.sort(key=lambda s: len(engine.prompt_ids(s.prompt)))
+    # Samples that share tool definitions generate together (tools are one per call); similar
+    # prompt lengths together: less left padding per batch.
+    groups: dict[str, list[Sample]] = {}
+    for sample in todo:
+        groups.setdefault(json.dumps(sample.tools, sort_keys=True), []).append(sample)
     with Progress(*columns, console=console) as progress, cache_file.open("a", encoding="utf-8") as handle:
         task = progress.add_task("generate", total=len(todo))
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            answers = engine.batch_generate([s.prompt for s in chunk], batch_size=batch_size, **generate_settings)
-            for sample, answer in zip(chunk, answers):
-                cached[keys[sample.id]] = answer
-                handle.write(json.dumps({"key": keys[sample.id], "id": sample.id, "prediction": answer}, ensure_ascii=False) + "\n")
-            handle.flush()
-            progress.advance(task, len(chunk))
+        for group in groups.values():
+            options = {"tools": group[0].tools} if group[0].tools else {}
+            group.sort(key=lambda s: len(engine.prompt_ids(s.prompt, **options)))
+            for start in range(0, len(group), batch_size):
+                chunk = group[start : start + batch_size]
+                replies = engine.batch_respond(
+                    [s.prompt for s in chunk], batch_size=batch_size, **options, **generate_settings
+                )
+                for sample, reply in zip(chunk, replies):
+                    entry = answer_and_reasoning(reply)
+                    cached[keys[sample.id]] = entry
+                    handle.write(json.dumps({"key": keys[sample.id], "id": sample.id, **entry}, ensure_ascii=False) + "\n")
+                handle.flush()
+                progress.advance(task, len(chunk))
     return {s.id: cached[keys[s.id]] for s in samples}
 
 
@@ -139,13 +167,23 @@ def generation_settings(config: EvalConfig) -> dict:
         settings.update(temperature=generation.temperature, top_p=generation.top_p)
     if generation.repetition_penalty != 1.0:
         settings["repetition_penalty"] = generation.repetition_penalty
+    if generation.enable_thinking is not None:
+        settings["enable_thinking"] = generation.enable_thinking
     return settings
 
 
 # --- metrics ------------------------------------------------------------------------------------------
 
-def text_metrics(config: EvalConfig, samples: list[Sample], predictions: dict[str, str], encoder: str | None) -> tuple[dict, list[dict]]:
+def text_metrics(
+    config: EvalConfig,
+    samples: list[Sample],
+    predictions: dict[str, str],
+    encoder: str | None,
+    reasonings: dict[str, str | None] | None = None,
+) -> tuple[dict, list[dict]]:
     """(corpus values, per-sample scores) of one model on one set of samples."""
+    from qwentune.evaluate import metrics  # torch and the metric libraries: not needed for --help
+
     preds = [predictions[s.id] for s in samples]
     refs = [s.reference for s in samples]
     langs = [s.lang for s in samples]
@@ -170,10 +208,21 @@ def text_metrics(config: EvalConfig, samples: list[Sample], predictions: dict[st
             row["bertscore"] = score
     if "diversity" in config.metrics:
         values.update(metrics.diversity(preds, langs)["overall"])
+    if "tool_call_accuracy" in config.metrics and any(s.reference_calls for s in samples):
+        result = metrics.tool_call_accuracy(preds, [s.reference_calls for s in samples], langs)
+        values.update({k: v for k, v in result["overall"].items() if k != "n_scored"})
+        for row, scores in zip(per_sample, result["per_sample"]):
+            row.update(scores or {})
+    if "thinking_length" in config.metrics:
+        result = metrics.thinking_length([(reasonings or {}).get(s.id) for s in samples], langs)
+        values["thinking_chars"] = result["overall"]
+        for row, length in zip(per_sample, result["per_sample"]):
+            row["thinking_chars"] = length
     return values, per_sample
 
 
 def model_perplexity(engine, samples: list[Sample], batch_size: int):
+    from qwentune.evaluate import metrics
     from qwentune.infer.engine import as_messages
 
     # The prompt as the model sees it when generating (with the system prompt it was trained with).
@@ -230,6 +279,7 @@ def _versions() -> dict:
 
 def run_evaluation(config: EvalConfig) -> dict:
     from qwentune.assets import resolve_model_name
+    from qwentune.evaluate import metrics
     from qwentune.evaluate.report import write_reports
     from qwentune.infer.engine import QwenInference
 
@@ -250,6 +300,7 @@ def run_evaluation(config: EvalConfig) -> dict:
     encoder = resolve_model_name(config.bertscore.model) if "bertscore" in config.metrics else None
 
     predictions: dict[str, dict[str, str]] = {}
+    reasonings: dict[str, dict[str, str | None]] = {}
     perplexities: dict[str, dict[str, object]] = {}
     model_info: dict[str, dict] = {}
     for label, kwargs in models.items():
@@ -257,7 +308,9 @@ def run_evaluation(config: EvalConfig) -> dict:
         with console.status(f"Loading {kwargs['model_path']} ..."):
             engine = QwenInference(**kwargs)
         model_info[label] = engine.info
-        predictions[label] = predict(engine, unique, settings, results_dir / "cache" / f"predictions-{label}.jsonl", label)
+        entries = predict(engine, unique, settings, results_dir / "cache" / f"predictions-{label}.jsonl", label)
+        predictions[label] = {sample_id: entry["prediction"] for sample_id, entry in entries.items()}
+        reasonings[label] = {sample_id: entry["reasoning"] for sample_id, entry in entries.items()}
         if "perplexity" in config.metrics:
             with console.status(f"Perplexity ({label}) ..."):
                 perplexities[label] = {name: model_perplexity(engine, samples, settings["batch_size"]) for name, samples in datasets.items()}
@@ -285,7 +338,7 @@ def run_evaluation(config: EvalConfig) -> dict:
         for name, samples in list(datasets.items()) + [("overall", unique)]:
             scores = {}
             for label in models:
-                values, rows = text_metrics(config, samples, predictions[label], encoder)
+                values, rows = text_metrics(config, samples, predictions[label], encoder, reasonings[label])
                 if label in perplexities:
                     values["perplexity"] = perplexities[label][name]
                 scores[label] = values
@@ -305,6 +358,12 @@ def run_evaluation(config: EvalConfig) -> dict:
                     "prompt": sample.prompt,
                     "reference": sample.reference,
                     "predictions": {label: predictions[label][sample.id] for label in models},
+                    **({"tools": sample.tools} if sample.tools else {}),
+                    **(
+                        {"reasoning": {label: reasonings[label][sample.id] for label in models}}
+                        if any(reasonings[label][sample.id] for label in models)
+                        else {}
+                    ),
                     "scores": {label: per_sample_scores[label][sample.id] for label in models},
                 }
             )
