@@ -6,6 +6,14 @@ sdpa/eager get a block-diagonal 4-D mask over the whole row. That mask is correc
 the full row length squared and keeps sdpa off its fused causal kernel; on CPU it ate the
 packing gain in a peer toolkit. `packed_sdpa` instead runs causal sdpa on each example's
 slice of the row: exact isolation, no mask, and attention work of sum(len_i^2).
+
+Hybrid models (Qwen3.5, Qwen3-Next) interleave full attention with Gated DeltaNet layers, a
+linear-attention recurrence after a causal convolution. Both carry state along the row, and
+`position_ids` do not stop them: measured on tiny models, a packed example's logits differ from
+its logits alone by up to 0.14. `isolate_linear_attention` runs those layers on each example's
+slice, so each starts from zero state: the difference drops to 3e-7. (transformers' own path is
+`cu_seqlens` into the flash-linear-attention kernels, which are CUDA-only; its CPU reference
+implementation refuses `cu_seqlens`.)
 """
 
 from __future__ import annotations
@@ -69,6 +77,55 @@ def packed_attention(device: str) -> str:
     return "flash_attention_2" if flash_attention_available(device) else PACKED_SDPA
 
 
+# Passed from the decoder's pre-hook to each linear-attention layer through the layers' **kwargs,
+# so it survives activation checkpointing's recomputation (a context variable would not).
+EXAMPLE_BOUNDS_KWARG = "qwentune_example_bounds"
+
+
+def linear_attention_layers(model) -> list[torch.nn.Module]:
+    """The Gated DeltaNet (linear-attention) layers of a hybrid Qwen model; [] for other models."""
+    return [module for module in model.modules() if type(module).__name__.endswith("GatedDeltaNet")]
+
+
+def _bounds_from_position_ids(module, args, kwargs):
+    """Decoder pre-hook: a packed row (one row, restarting positions, no mask) hands its example bounds down."""
+    position_ids = kwargs.get("position_ids")
+    if position_ids is not None and position_ids.dim() == 2 and position_ids.shape[0] == 1 and kwargs.get("attention_mask") is None:
+        kwargs[EXAMPLE_BOUNDS_KWARG] = tuple(example_bounds(position_ids))
+    return args, kwargs
+
+
+def _per_example(forward):
+    """A linear-attention forward that runs each example of a packed row on its own (zero initial state)."""
+
+    def isolated(hidden_states, *args, **kwargs):
+        bounds = kwargs.pop(EXAMPLE_BOUNDS_KWARG, None)
+        if bounds is None or len(bounds) <= 2:
+            return forward(hidden_states, *args, **kwargs)
+        slices = [forward(hidden_states[:, start:end], *args, **kwargs) for start, end in zip(bounds[:-1], bounds[1:])]
+        return torch.cat(slices, dim=1)
+
+    return isolated
+
+
+def isolate_linear_attention(model) -> torch.nn.Module:
+    """Make a hybrid model's packed rows exact (each example's recurrence starts at zero); other models unchanged.
+
+    Call on the transformers model before wrapping it (peft, DeepSpeed): the hook sits on its decoder.
+    """
+    layers = linear_attention_layers(model)
+    if not layers or getattr(model, "_qwentune_isolated", False):
+        return model
+    for layer in layers:
+        layer.forward = _per_example(layer.forward)
+    model.get_decoder().register_forward_pre_hook(_bounds_from_position_ids, with_kwargs=True)
+    model._qwentune_isolated = True
+    return model
+
+
 def supports_packing(model) -> bool:
-    """Models built on transformers' attention interface honour per-example position_ids; remote code may not."""
-    return bool(getattr(model, "_supports_attention_backend", False))
+    """Models on transformers' attention interface honour per-example position_ids; remote code may not.
+
+    Hybrid Qwen models (linear attention) qualify once `isolate_linear_attention` is applied.
+    """
+    return bool(getattr(model, "_supports_attention_backend", False) or linear_attention_layers(model))
