@@ -6,8 +6,9 @@ A LoRA adapter is merged into its base model; a full fine-tune is saved as it is
 gets the weights (safetensors, in the dtype the base model was saved in), the tokenizer and
 chat template, and the generation config whose stop ids end the answer at the end of the turn.
 The chat template's defaults become those of training (the system prompt the model was
-trained with, Qwen3's thinking switched off), so a plain `tokenizer.apply_chat_template`
-gives the prompt the model was tuned on.
+trained with; Qwen3's thinking switch as training left it: off, unless `data.thinking: on`), so a
+plain `tokenizer.apply_chat_template` gives the prompt the model was tuned on, and a caller's
+`enable_thinking=` still switches it.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def export_merged(
     if info["adapter"]:
         model = model.merge_and_unload()
     tokenizer.chat_template = template_with_training_defaults(
-        tokenizer.chat_template, info["system_prompt"], template_kwargs(tokenizer)
+        tokenizer.chat_template, info["system_prompt"], template_kwargs(tokenizer, info["enable_thinking"])
     )
     model.save_pretrained(output)
     source = Path(info["model_path"])
@@ -71,6 +72,7 @@ def export_merged(
         **(read_meta(source) if source.is_dir() else {}),
         "base_model": info["base_model"],
         "exported_from": info["model_path"],
+        "enable_thinking": info["enable_thinking"],  # the template's default now; qwentune keeps it too
     }
     save_inference_files(output, model, tokenizer, meta)
     return output
