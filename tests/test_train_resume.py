@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import yaml
 from safetensors.torch import load_file
 from test_train_recipe import write_data
 
+from qwentune.errors import UsageError
 from qwentune.model.checkpoint import COMPLETE_MARKER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,7 +111,7 @@ def test_latest_skips_a_checkpoint_without_its_completion_marker(runs, tmp_path)
         if complete:
             (output_dir / f"checkpoint-{step}" / COMPLETE_MARKER).write_text("ok\n")
     assert resolve_resume("latest", output_dir) == str(output_dir / "checkpoint-4")
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    with pytest.raises(UsageError, match="not a complete checkpoint"):
         resolve_resume(str(output_dir / "checkpoint-8"), output_dir)
 
 
@@ -146,3 +148,65 @@ def test_rotation_keeps_the_newest_complete_and_the_best_checkpoint(tmp_path, co
     callback = CheckpointFilesCallback(model=None, tokenizer=None, meta={}, keep=keep)
     callback._rotate(tmp_path, str(tmp_path / f"checkpoint-{best}") if best else None)
     assert sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")) == left
+
+
+# --- a checkpoint that cannot be used says why and what to do --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory, tiny_qwen2) -> Path:
+    """A finished 2-step run that kept checkpoint-1 and checkpoint-2; tests damage copies of it."""
+    root = tmp_path_factory.mktemp("two-checkpoints")
+    config = write_config(root, tiny_qwen2, write_data(root, train=8, validation=0))
+    run(config, "training.max_steps=2", "training.save_steps=1", "training.save_total_limit=null")
+    return config
+
+
+def damaged_copy(two_checkpoints: Path, tmp_path: Path, file: str, damage: str) -> Path:
+    """A copy of the run whose checkpoint-2 has `file` truncated, or one byte changed in its middle."""
+    shutil.copytree(two_checkpoints.parent / "out", tmp_path / "out")
+    path = tmp_path / "out" / "checkpoint-2" / file
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    config = yaml.safe_load(two_checkpoints.read_text())
+    config["training"]["output_dir"] = str(tmp_path / "out")
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path / "train.yaml"
+
+
+@pytest.mark.parametrize(
+    "file, damage",
+    [
+        ("adapter_model.safetensors", "truncated"),
+        ("optimizer.pt", "byte changed"),  # torch.load would read this one without complaint
+        ("optimizer.pt", "truncated"),
+        ("rng_state.pth", "truncated"),
+    ],
+)
+@pytest.mark.parametrize("resume", ["latest", "checkpoint-2"])
+def test_a_damaged_checkpoint_names_the_file_and_the_earlier_checkpoint(two_checkpoints, tmp_path, capsys, file, damage, resume):
+    from qwentune.cli import main
+
+    config = damaged_copy(two_checkpoints, tmp_path, file, damage)
+    target = "latest" if resume == "latest" else str(tmp_path / "out" / resume)
+    assert main(["train", "--config", str(config), "--resume_from_checkpoint", target]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"checkpoint-2 is damaged: {file} cannot be read" in err
+    assert f"--resume_from_checkpoint {tmp_path / 'out' / 'checkpoint-1'}" in err
+    assert "Traceback" not in err
+    # Nothing was trained over the damaged run.
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_a_missing_resume_folder_does_not_exist(two_checkpoints, tmp_path, capsys):
+    from qwentune.cli import main
+
+    missing = tmp_path / "checkpoint-9"
+    assert main(["train", "--config", str(two_checkpoints), "--resume_from_checkpoint", str(missing)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"'{missing}' does not exist" in err and "not a complete checkpoint" not in err
+    assert "complete checkpoints in" in err and "checkpoint-1, checkpoint-2" in err

@@ -23,7 +23,7 @@ COMMANDS = {
     "train": ("qwentune.train.recipe", "fine-tune a model (LoRA, QLoRA, full, freeze)"),
     "evaluate": ("qwentune.evaluate.runner", "evaluate and write reports"),
     "infer": ("qwentune.infer.cli", "chat, answer one prompt, or answer a file of prompts"),
-    "serve": ("qwentune.infer.server", "OpenAI-compatible HTTP server"),
+    "serve": ("qwentune.infer.serve_cli", "OpenAI-compatible HTTP server"),
     "export": ("qwentune.model.export", "merge an adapter into a standalone model"),
 }
 VERBOSE_FLAG = "--verbose"

@@ -113,13 +113,31 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """The mapping in a config file; every way the file can be unusable is a ConfigError naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; pass the YAML file inside it")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text: byte {exc.start} (line {line}) is {exc.object[exc.start:exc.start + 1]!r}",
+            advice="save the file as UTF-8",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        # An empty file is more likely a mistake (a truncated copy, the wrong file) than a wish for every default.
+        raise ConfigError(
+            f"config file {path} is empty (no keys)", advice="write the settings in it, or write '{}' to take every default"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections at the top level")
     return data

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from qwentune.console import console
+from qwentune.errors import UsageError
 from qwentune.infer.settings import DEFAULT_MAX_NEW_TOKENS
 from qwentune.paths import CHECKPOINTS_DIR
 
@@ -40,25 +41,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_engine(args: argparse.Namespace):
-    """The engine for the model the arguments name, or None after printing why it cannot be loaded."""
-    from qwentune.assets import AssetError
+    """The engine for the model the arguments name (a model that cannot load raises RunFailed: exit 1)."""
     from qwentune.infer.engine import QwenInference
 
     with console.status(f"Loading {args.model_path} ..."):
-        try:
-            return QwenInference(
-                args.model_path,
-                base_model=args.base_model,
-                device=args.device,
-                dtype=args.dtype,
-                quantization_bit=args.load_in_bits,
-                trust_remote_code=args.trust_remote_code,
-                system_prompt=args.system,
-                enable_thinking=args.enable_thinking,
-            )
-        except (OSError, AssetError, RuntimeError, ImportError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            return None
+        return QwenInference(
+            args.model_path,
+            base_model=args.base_model,
+            device=args.device,
+            dtype=args.dtype,
+            quantization_bit=args.load_in_bits,
+            trust_remote_code=args.trust_remote_code,
+            system_prompt=args.system,
+            enable_thinking=args.enable_thinking,
+        )
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +78,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def generation_settings(args: argparse.Namespace):
-    """The arguments' GenerationSettings, or an error message naming the bad option."""
+    """The arguments' GenerationSettings; a bad value raises UsageError naming its option."""
     from pydantic import ValidationError
 
     from qwentune.infer.settings import GenerationSettings
@@ -100,34 +96,22 @@ def generation_settings(args: argparse.Namespace):
     except ValidationError as exc:
         error = exc.errors()[0]
         name = str(error["loc"][0])
-        return f"{options.get(name, '--' + name)}: {error['msg']}"
+        raise UsageError(f"{options.get(name, '--' + name)}: {error['msg']}") from None
 
 
 def run_cli(args: argparse.Namespace) -> int:
     if args.input_file and not args.output_file:
-        console.print("[red]error:[/red] --input_file needs --output_file")
-        return 2
+        raise UsageError("--input_file needs --output_file")
     if args.batch_size < 1:
-        console.print("[red]error:[/red] --batch_size must be >= 1")
-        return 2
+        raise UsageError(f"--batch_size must be >= 1 (got {args.batch_size})")
     settings = generation_settings(args)
-    if isinstance(settings, str):
-        console.print(f"[red]error:[/red] {settings}")
-        return 2
     engine = load_engine(args)
-    if engine is None:
-        return 1
     if args.input is not None:
-        from qwentune.infer.engine import PromptTooLongError
         from qwentune.infer.interactive import show_reply
 
-        try:
-            # Reasoning shown dimmed, as in the chat; the answer as it is written.
-            for _ in show_reply(engine.stream_reply(args.input, **settings.model_dump())):
-                pass
-        except PromptTooLongError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            return 1
+        # Reasoning shown dimmed, as in the chat; the answer as it is written.
+        for _ in show_reply(engine.stream_reply(args.input, **settings.model_dump())):
+            pass
         console.out("")
         return 0
     if args.input_file:

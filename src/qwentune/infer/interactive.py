@@ -94,7 +94,8 @@ def _answer(engine, history: list[dict], settings: GenerationSettings) -> None:
     except KeyboardInterrupt:  # leaving the loop stops the generation; what was written is kept
         console.print("\n[dim](answer stopped)[/dim]", end="")
     except PromptTooLongError as exc:
-        console.print(f"\n[red]error:[/red] {exc}; /clear or a shorter message", end="")
+        # Not a failure of the session: the chat goes on without this message.
+        console.print(f"\n[yellow]not sent:[/yellow] {exc}; /clear or a shorter message", end="")
         history.pop()
         console.print()
         return

@@ -6,16 +6,14 @@ Endpoints: POST /v1/chat/completions and /v1/completions (streamed as server-sen
 "stream": true), GET /v1/models, GET /health (no key needed). Errors use OpenAI's shape.
 Without a temperature a request is answered greedily (deterministic), unlike OpenAI's default of 1.
 
-The server is three modules, as LLaMA-Factory's api: this one (routes, HTTP checks, command
-line), `openai_api` (the protocol: typed requests and responses) and `serving` (the chat logic:
-prompts, the generation worker, responses).
+The server is three modules, as LLaMA-Factory's api: this one (routes, HTTP checks),
+`openai_api` (the protocol: typed requests and responses) and `serving` (the chat logic:
+prompts, the generation worker, responses). Its command line is `serve_cli`, which `--help`
+reads without importing fastapi or torch.
 """
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
-import os
 from contextlib import asynccontextmanager
 
 import uvicorn
@@ -25,8 +23,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from qwentune.console import console, notice
-from qwentune.errors import UsageError
 from qwentune.infer.openai_api import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -37,7 +33,6 @@ from qwentune.infer.openai_api import (
 from qwentune.infer.serving import Service
 from qwentune.infer.settings import DEFAULT_MAX_BODY_MB, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_PROMPTS
 
-API_KEY_ENV = "QWENTUNE_API_KEY"
 GRACEFUL_SHUTDOWN_S = 5  # after SIGTERM/SIGINT, the most time given to responses still being sent
 
 
@@ -215,76 +210,3 @@ def serve(app: FastAPI, *, host: str, port: int) -> None:
     config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     StoppingServer(config, app.state.service).run()
 
-
-# ---------------------------------------------------------------- command line
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from qwentune.infer.cli import add_model_arguments
-
-    add_model_arguments(parser)
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (0.0.0.0 makes the server reachable from other machines)"
-    )
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument(
-        "--api_key", default=None, help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV} if set)"
-    )
-    parser.add_argument(
-        "--served_model_name", default=None, help="the model id clients name (default: --model_path as given)"
-    )
-    parser.add_argument(
-        "--max_batch_size", type=int, default=8, help="most concurrent requests generated as one batch (1: no batching)"
-    )
-    parser.add_argument(
-        "--default_max_tokens",
-        type=int,
-        default=DEFAULT_MAX_NEW_TOKENS,
-        help="new tokens for a request that sets no max_tokens",
-    )
-    parser.add_argument(
-        "--max_body_mb",
-        type=float,
-        default=DEFAULT_MAX_BODY_MB,
-        help="largest request body accepted, in MB; a larger one gets 413 before it is parsed (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max_prompts",
-        type=int,
-        default=DEFAULT_MAX_PROMPTS,
-        help="most prompts in one /v1/completions request; more get 400 (default: %(default)s)",
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    from qwentune.infer.cli import load_engine
-
-    for flag in ("max_batch_size", "default_max_tokens", "max_prompts"):
-        if getattr(args, flag) < 1:
-            raise UsageError(f"--{flag} must be >= 1 (got {getattr(args, flag)})")
-    if not args.max_body_mb > 0:
-        raise UsageError(f"--max_body_mb must be > 0 (got {args.max_body_mb})")
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    engine = load_engine(args)
-    if engine is None:
-        return 1
-    name = args.served_model_name or args.model_path
-    app = create_app(engine, model_name=name, api_key=api_key, max_batch_size=args.max_batch_size,
-                     default_max_tokens=args.default_max_tokens, max_body_mb=args.max_body_mb,
-                     max_prompts=args.max_prompts)  # fmt: skip
-    if not _is_loopback(args.host) and api_key is None:
-        notice(f"binding {args.host} without an API key: anyone who can reach this machine can use the model")
-    # The key itself is never printed or logged; uvicorn's access log shows method, path and status only.
-    console.print(
-        f"Serving [bold]{name}[/bold] ({engine.info['device']}, {engine.info['dtype']}) at http://{args.host}:{args.port}/v1"
-        f" — API key {'required' if api_key else 'not required'}. Ctrl-C to stop."
-    )
-    serve(app, host=args.host, port=args.port)
-    return 0

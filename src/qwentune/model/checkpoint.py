@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from transformers import GenerationConfig
 
 from qwentune import __version__
 from qwentune.data.tokenize import end_of_turn_token
-from qwentune.errors import UsageError
+from qwentune.errors import RunFailed, UsageError
 
 META_FILE = "qwentune_meta.json"
 COMPLETE_MARKER = "qwentune_complete"
@@ -55,6 +56,61 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     checkpoints = complete_checkpoints(Path(output_dir))
     return checkpoints[-1] if checkpoints else None
+
+
+class DamagedCheckpoint(RunFailed):
+    """A checkpoint marked complete whose files cannot be read back (exit 1); the advice lists the others."""
+
+
+def unreadable_file(folder: Path) -> tuple[Path, str] | None:
+    """The first file of a checkpoint folder that cannot be read back, and why; None when all can.
+
+    torch files (.pt, .pth, .bin: zip archives with a CRC per member) are read once through
+    testzip, which catches a changed byte that torch.load would load silently; safetensors
+    files get their header and length checked, JSON files are parsed.
+    """
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        reason = _unreadable(path)
+        if reason:
+            return path, reason
+    return None
+
+
+def _unreadable(path: Path) -> str | None:
+    try:
+        if path.suffix in (".pt", ".pth", ".bin"):
+            with zipfile.ZipFile(path) as archive:
+                member = archive.testzip()
+            return f"its part '{member}' fails its CRC check" if member else None
+        if path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+        elif path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(path, "pt") as handle:
+                handle.keys()
+    except Exception as exc:  # OSError, BadZipFile, JSON/UTF-8 ValueErrors, SafetensorError (no narrower common base)
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def check_checkpoint(folder: Path) -> None:
+    """Raise DamagedCheckpoint naming the file that cannot be read and the checkpoints to resume from instead."""
+    found = unreadable_file(folder)
+    if found is None:
+        return
+    path, reason = found
+    others = [c for c in complete_checkpoints(folder.parent) if c.resolve() != folder.resolve()]
+    if others:
+        advice = (
+            f"resume from an earlier checkpoint instead: --resume_from_checkpoint {others[-1]} "
+            f"(complete checkpoints in {folder.parent}: {', '.join(c.name for c in others)})"
+        )
+    else:
+        advice = f"there is no other complete checkpoint in {folder.parent}: train again without --resume_from_checkpoint"
+    raise DamagedCheckpoint(
+        f"checkpoint {folder} is damaged: {path.relative_to(folder)} cannot be read ({reason})", advice=advice
+    )
 
 
 def resolve_model_dir(path: str | Path) -> Path | str:

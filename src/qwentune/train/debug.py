@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qwentune.config.training import TrainConfig
-from qwentune.data.dataset import EncodedSplit
 from qwentune.data.tokenize import IGNORE_INDEX, end_of_turn_token
-from qwentune.train.plan import with_overrides
+
+if TYPE_CHECKING:  # data.dataset imports torch; `train --help` reads this module for DEBUG_SAMPLES
+    from qwentune.data.dataset import EncodedSplit
 
 DEBUG_SAMPLES = 16
 DEBUG_STEPS = 4
@@ -16,6 +18,8 @@ DEBUG_STEPS = 4
 
 def debug_config(config: TrainConfig) -> TrainConfig:
     """The config of a debug run; it writes under <output_dir>/debug so a trained model is never overwritten."""
+    from qwentune.train.plan import with_overrides
+
     training = config.training
     return with_overrides(
         config,

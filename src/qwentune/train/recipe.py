@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from qwentune.config.base import ConfigError, load_config
 from qwentune.config.training import TrainConfig
 from qwentune.console import console, notice
+from qwentune.errors import UsageError
 from qwentune.train.debug import DEBUG_SAMPLES, DEBUG_STEPS
 
 if TYPE_CHECKING:
@@ -327,19 +328,29 @@ def save_output(run: Run, trainer, result, tokenizer, meta: dict, started: float
 
 
 def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
-    from qwentune.model.checkpoint import COMPLETE_MARKER, latest_checkpoint
+    """The checkpoint folder to resume from, checked readable before any work starts."""
+    from qwentune.model.checkpoint import COMPLETE_MARKER, check_checkpoint, complete_checkpoints, latest_checkpoint
 
     if resume is None:
         return None
     if resume == "latest":
         latest = latest_checkpoint(output_dir)
         if latest is None:
-            raise FileNotFoundError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir}")
+            raise UsageError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir}")
+        check_checkpoint(latest)
         return str(latest)
     folder = Path(resume)
     if not (folder / COMPLETE_MARKER).is_file():
-        raise FileNotFoundError(
+        raise UsageError(
             f"'{folder}' is not a complete checkpoint (no {COMPLETE_MARKER} marker: it was cut short or is not a "
+    if not folder.is_dir():
+        found = complete_checkpoints(output_dir)
+        listed = f"complete checkpoints in {output_dir}: {', '.join(c.name for c in found)}" if found else f"{output_dir} holds no complete checkpoint"
+        raise UsageError(
+            f"--resume_from_checkpoint: '{folder}' {'is a file, not a folder' if folder.exists() else 'does not exist'}",
+            advice=listed,
+        )
             "checkpoint). Use --resume_from_checkpoint latest to pick the newest complete one."
         )
     return str(folder)
+    check_checkpoint(folder)
