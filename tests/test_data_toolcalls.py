@@ -525,3 +525,13 @@ def test_length_filter_counts_the_tool_definitions(tmp_path, qwen3):
     config = PreprocessConfig(input_dir=raw, output_dir=tmp_path / "out", num_workers=0, max_length=with_tools - 1)
     stats = run_preprocess(config).stats
     assert stats["totals"]["rejected"] == 1 and list(stats["sources"].values())[0]["reasons"] == {"too_long": 1}
+
+
+def test_records_that_differ_only_in_their_calls_are_not_duplicates():
+    from qwentune.data.clean import content_key
+
+    other = copy.deepcopy(GLAIVE)
+    other["conversations"][1]["value"] = '{"name": "get_weather", "arguments": {"city": "Lyon"}}'
+    assert content_key(convert("sharegpt", GLAIVE)) != content_key(convert("sharegpt", other))
+    same = convert("sharegpt", copy.deepcopy(GLAIVE))
+    assert content_key(convert("sharegpt", GLAIVE)) == content_key(same)

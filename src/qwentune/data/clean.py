@@ -11,6 +11,7 @@ exact-duplicate removal (Deduplicator: 8-byte content hashes, decided by one sor
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import re
 from array import array
@@ -351,11 +352,17 @@ def content_key(record: Record) -> int:
             digest.update(message["role"].encode())
             digest.update(b"\x1f")
             digest.update(" ".join(message["content"].split()).encode("utf-8"))
+            # Calls and reasoning are content too (only when present: plain records keep their keys).
+            for key in ("reasoning_content", "tool_calls"):
+                if message.get(key):
+                    digest.update(b"\x1c" + json.dumps(message[key], sort_keys=True, ensure_ascii=False).encode("utf-8"))
             digest.update(b"\x1e")
         if record.kind != "sft":
             digest.update(b"\x1d")  # a pair's sides (chosen first) and a KTO label are part of its content
     if record.kind == "kto":
         digest.update(b"label:" + str(record.label).encode())
+    if record.tools:
+        digest.update(b"tools:" + json.dumps(record.tools, sort_keys=True, ensure_ascii=False).encode("utf-8"))
     return int.from_bytes(digest.digest(), "big")
 
 
