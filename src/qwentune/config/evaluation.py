@@ -10,7 +10,10 @@ from qwentune import paths
 from qwentune.config.base import StrictModel
 
 # tool_call_accuracy: scored on samples whose reference turn calls tools; thinking_length: of every prediction.
-MetricName = Literal["bleu", "rouge", "bertscore", "perplexity", "diversity", "tool_call_accuracy", "thinking_length"]
+# preference_accuracy (and preference_margin): on datasets of preference pairs (chosen/rejected).
+MetricName = Literal[
+    "bleu", "rouge", "bertscore", "perplexity", "diversity", "tool_call_accuracy", "thinking_length", "preference_accuracy"
+]
 
 
 class EvalModelConfig(StrictModel):
@@ -66,7 +69,7 @@ class EvalConfig(StrictModel):
         ),
     ]
     metrics: list[MetricName] = [
-        "bleu", "rouge", "bertscore", "perplexity", "diversity", "tool_call_accuracy", "thinking_length"
+        "bleu", "rouge", "bertscore", "perplexity", "diversity", "tool_call_accuracy", "thinking_length", "preference_accuracy"
     ]
     generation: GenerationConfig = GenerationConfig()
     bertscore: BertScoreConfig = BertScoreConfig()

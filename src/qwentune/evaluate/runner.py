@@ -26,6 +26,7 @@ from qwentune.config.evaluation import EvalConfig
 from qwentune.console import console, notice
 from qwentune.data.reasoning import THINK_CLOSE
 from qwentune.data.toolcalls import call_text
+from qwentune.evaluate.preference import PREFERENCE_DEFINITIONS, pair_margins, preference_values
 
 TUNED, BASE = "tuned", "base"
 
@@ -69,6 +70,7 @@ class Sample:
     reference: str  # the last assistant turn: its answer, then its calls as Qwen writes them
     tools: list[dict] | None = None  # the record's tool definitions, offered to the model
     reference_calls: list[dict] | None = None  # the last assistant turn's calls ({"name", "arguments"})
+    rejected: str | None = None  # a preference pair's rejected reply (the reference is the chosen one)
 
 
 def load_samples(path: str, dataset: str, limit: int | None) -> list[Sample]:
@@ -78,6 +80,13 @@ def load_samples(path: str, dataset: str, limit: int | None) -> list[Sample]:
     samples = []
     skipped = 0
     for record in read_canonical(path):
+        if "chosen" in record and "rejected" in record:  # a preference pair: generation is scored against chosen
+            chosen, rejected = record["chosen"]["content"].strip(), record["rejected"]["content"].strip()
+            lang = record.get("lang") or detect_lang(chosen)
+            samples.append(Sample(dataset, str(record["id"]), lang, record["messages"], chosen, rejected=rejected))
+            if limit is not None and len(samples) >= limit:
+                break
+            continue
         messages = record["messages"]
         if not messages or messages[-1]["role"] != "assistant":
             skipped += 1
@@ -235,6 +244,15 @@ def model_perplexity(engine, samples: list[Sample], batch_size: int):
         return metrics.not_available(str(exc))
 
 
+def preference_margins(engine, pairs: list[Sample], batch_size: int) -> list[float]:
+    """Length-normalised log-prob margin (chosen - rejected) of each pair, prompted as the model generates."""
+    from qwentune.infer.engine import as_messages
+
+    return pair_margins(
+        engine.model, engine.tokenizer, [(as_messages(s.prompt, engine.system_prompt), s.reference, s.rejected) for s in pairs], batch_size
+    )
+
+
 # --- the recipe ---------------------------------------------------------------------------------------
 
 def _models_to_evaluate(config: EvalConfig) -> dict[str, dict]:
@@ -303,6 +321,7 @@ def run_evaluation(config: EvalConfig) -> dict:
     reasonings: dict[str, dict[str, str | None]] = {}
     perplexities: dict[str, dict[str, object]] = {}
     model_info: dict[str, dict] = {}
+    margins: dict[str, dict[str, float]] = {}  # model -> pair id -> preference margin
     for label, kwargs in models.items():
         console.rule(f"[bold]{label}: {kwargs['model_path']}")
         with console.status(f"Loading {kwargs['model_path']} ..."):
@@ -311,6 +330,10 @@ def run_evaluation(config: EvalConfig) -> dict:
         entries = predict(engine, unique, settings, results_dir / "cache" / f"predictions-{label}.jsonl", label)
         predictions[label] = {sample_id: entry["prediction"] for sample_id, entry in entries.items()}
         reasonings[label] = {sample_id: entry["reasoning"] for sample_id, entry in entries.items()}
+        pairs = [s for s in unique if s.rejected is not None]
+        if "preference_accuracy" in config.metrics and pairs:
+            with console.status(f"Preference accuracy ({label}) ..."):
+                margins[label] = dict(zip([s.id for s in pairs], preference_margins(engine, pairs, settings["batch_size"]), strict=True))
         if "perplexity" in config.metrics:
             with console.status(f"Perplexity ({label}) ..."):
                 perplexities[label] = {name: model_perplexity(engine, samples, settings["batch_size"]) for name, samples in datasets.items()}
@@ -326,7 +349,7 @@ def run_evaluation(config: EvalConfig) -> dict:
             "models": model_info,
             "generation": settings,
         },
-        "definitions": metrics.METRIC_DEFINITIONS,
+        "definitions": {**metrics.METRIC_DEFINITIONS, **PREFERENCE_DEFINITIONS},
         "models": list(models),
         "datasets": {},
         "overall": {},
@@ -341,6 +364,11 @@ def run_evaluation(config: EvalConfig) -> dict:
                 values, rows = text_metrics(config, samples, predictions[label], encoder, reasonings[label])
                 if label in perplexities:
                     values["perplexity"] = perplexities[label][name]
+                if label in margins:
+                    values.update(preference_values([margins[label][s.id] for s in samples if s.id in margins[label]]))
+                    for row, sample in zip(rows, samples, strict=True):
+                        if sample.id in margins[label]:
+                            row["preference_margin"] = margins[label][sample.id]
                 scores[label] = values
                 if name == "overall":
                     per_sample_scores[label] = {s.id: row for s, row in zip(samples, rows)}
@@ -357,6 +385,7 @@ def run_evaluation(config: EvalConfig) -> dict:
                     "lang": sample.lang,
                     "prompt": sample.prompt,
                     "reference": sample.reference,
+                    **({"rejected": sample.rejected} if sample.rejected is not None else {}),
                     "predictions": {label: predictions[label][sample.id] for label in models},
                     **({"tools": sample.tools} if sample.tools else {}),
                     **(
