@@ -67,10 +67,17 @@ def _jsonl_prompt(text: str) -> Prompt:
 
 
 def read_prompts(path: Path) -> tuple[list[Prompt], list[str]]:
-    """([prompts], [problems]): a bad line is reported, the others kept. Blank lines are skipped."""
+    """([prompts], [problems]): a bad line (bad JSON, bytes that are not UTF-8) is reported, the
+    others kept. Blank lines are skipped."""
     prompts, problems = [], []
     is_jsonl = path.suffix == ".jsonl"
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # Lines are split as bytes and decoded one by one, so one undecodable line is one problem.
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(f"line {number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
+            continue
         if not line.strip():
             continue
         if not is_jsonl:
@@ -141,10 +148,23 @@ def _fitting(engine, prompts: list[Prompt]) -> tuple[list[Prompt], list[str]]:
     return fitting, problems
 
 
-def answer_file(engine, input_file: str, output_file: str, settings: GenerationSettings, batch_size: int = 8) -> int:
+def check_files(input_file: str, output_file: str) -> tuple[Path, Path]:
+    """The input and output paths, checked before any model is loaded: the input must be a file, and
+    the output must not be it (by resolved path, through symlinks, or as a hard link): writing the
+    answers would destroy the prompts."""
     source, output = Path(input_file), Path(output_file)
     if not source.is_file():
         raise UsageError(f"--input_file: {source} does not exist or is not a file")
+    if output.resolve() == source.resolve() or (output.exists() and os.path.samefile(source, output)):
+        raise UsageError(
+            f"--output_file {output} is the input file {source}: the answers would overwrite the prompts",
+            advice="choose another --output_file, e.g. " + str(source.with_name(source.stem + ".answers.jsonl")),
+        )
+    return source, output
+
+
+def answer_file(engine, input_file: str, output_file: str, settings: GenerationSettings, batch_size: int = 8) -> int:
+    source, output = check_files(input_file, output_file)
     prompts, problems = read_prompts(source)
     record = ProgressRecord(output, hashlib.sha256(source.read_bytes()).hexdigest())
     resuming = record.load()

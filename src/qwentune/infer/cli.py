@@ -104,6 +104,10 @@ def run_cli(args: argparse.Namespace) -> int:
         raise UsageError("--input_file needs --output_file")
     if args.batch_size < 1:
         raise UsageError(f"--batch_size must be >= 1 (got {args.batch_size})")
+    if args.input_file:
+        from qwentune.infer.batch import check_files
+
+        check_files(args.input_file, args.output_file)  # before the model loads: a mistake costs nothing
     settings = generation_settings(args)
     engine = load_engine(args)
     if args.input is not None:
