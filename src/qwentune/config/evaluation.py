@@ -74,6 +74,7 @@ class EvalConfig(StrictModel):
     generation: GenerationConfig = GenerationConfig()
     bertscore: BertScoreConfig = BertScoreConfig()
     output: OutputConfig = OutputConfig()
+    # Seeds sampled generation (generation.do_sample: true): the same seed gives the same predictions.
     seed: int = 42
 
     @model_validator(mode="after")
@@ -83,3 +84,16 @@ class EvalConfig(StrictModel):
         if duplicated:
             raise ValueError(f"datasets: names must be unique, repeated: {', '.join(duplicated)}")
         return self
+
+    def inert_settings(self) -> list[str]:
+        """Keys set in the config that its other settings leave without effect (printed as notices)."""
+        found = []
+        if not self.generation.do_sample:
+            keys = [f"generation.{k}" for k in ("temperature", "top_p") if k in self.generation.model_fields_set]
+            keys += ["seed"] if "seed" in self.model_fields_set else []
+            if keys:
+                found.append(f"{', '.join(keys)}: no effect with generation.do_sample false (greedy decoding)")
+        if "bertscore" not in self.metrics and self.bertscore.model_fields_set:
+            keys = ", ".join(f"bertscore.{k}" for k in sorted(self.bertscore.model_fields_set))
+            found.append(f"{keys}: no effect, 'bertscore' is not in metrics")
+        return found

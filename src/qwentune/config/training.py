@@ -230,3 +230,22 @@ class TrainConfig(StrictModel):
     @property
     def gradient_accumulation_steps(self) -> int:
         return self.training.gradient_accumulation_steps or self.mindspeed.gradient_accumulation_steps or 1
+
+    def inert_settings(self) -> list[str]:
+        """Keys set in the config that this run's other settings leave without effect (printed as notices)."""
+        found = []
+        method = self.training.finetuning_type
+        lora_keys = sorted(set(self.lora.model_fields_set) - {"use_lora"})
+        if method != "lora" and lora_keys:
+            found.append(f"{', '.join('lora.' + k for k in lora_keys)}: no effect with training.finetuning_type {method}")
+        if method != "freeze" and "freeze_trainable_layers" in self.training.model_fields_set:
+            found.append(f"training.freeze_trainable_layers: no effect with training.finetuning_type {method}")
+        if self.training.max_steps > 0 and "num_train_epochs" in self.training.model_fields_set:
+            found.append(f"training.num_train_epochs: no effect, training.max_steps ({self.training.max_steps}) decides the length")
+        if self.data.validation_file is None:
+            evaluation = ("per_device_eval_batch_size", "eval_steps", "early_stopping_patience", "load_best_model_at_end")
+            keys = [f"training.{k}" for k in evaluation if k in self.training.model_fields_set]
+            keys += ["data.max_eval_samples"] if "max_eval_samples" in self.data.model_fields_set else []
+            if keys:
+                found.append(f"{', '.join(keys)}: no effect without data.validation_file")
+        return found

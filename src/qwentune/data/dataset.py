@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import multiprocessing
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,6 +39,8 @@ class EncodedSplit:
     truncated: int
     # Dropped: nothing left to train after truncation (record ids, or line numbers when a record has none).
     without_targets: list[str]
+    # Processes that tokenized the split (data.preprocessing_num_workers, fewer for a small split).
+    workers: int = 1
 
     @property
     def lengths(self) -> list[int]:
@@ -57,6 +62,11 @@ def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[
     return [{"role": "system", "content": system_prompt}, *messages]
 
 
+# A worker process is worth its start (fork, first batch) only with at least this many records to tokenize.
+MIN_RECORDS_PER_WORKER = 256
+_worker_tokenizer = None
+
+
 def encode_records(
     records: list[dict],
     tokenizer,
@@ -66,25 +76,61 @@ def encode_records(
     last_turn_only: bool = False,
     system_prompt: str | None = None,
     thinking: str = "auto",
+    num_workers: int = 1,
     description: str = "Tokenizing",
 ) -> EncodedSplit:
+    """Token ids and loss masks of `records`, tokenized by up to `num_workers` processes
+    (`data.preprocessing_num_workers`; 1: this process). The result is the same whatever the number."""
+    options = dict(
+        max_length=max_length,
+        train_on_prompt=train_on_prompt,
+        last_turn_only=last_turn_only,
+        system_prompt=system_prompt,
+        thinking=thinking,
+    )
+    workers = tokenizing_workers(len(records), num_workers)
+    size = math.ceil(len(records) / (workers * 8)) if workers > 1 else len(records) or 1
+    chunks = [records[start : start + size] for start in range(0, len(records), size)]
+    if workers > 1:
+        # fork where the platform has it: the workers inherit the loaded tokenizer instead of loading it again.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with multiprocessing.get_context(method).Pool(workers, initializer=_set_worker_tokenizer, initargs=(tokenizer,)) as pool:
+            pieces = pool.imap(partial(_encode_in_worker, **options), chunks)
+            encoded = list(track(pieces, total=len(chunks), description=description, transient=True))
+    else:
+        encoded = [_encode_chunk(tokenizer, chunk, **options) for chunk in track(chunks, description=description, transient=True)]
     examples, truncated, without_targets = [], 0, []
-    for number, record in enumerate(track(records, description=description, transient=True), start=1):
-        example = encode_conversation(
-            tokenizer,
-            with_system_prompt(record["messages"], system_prompt),
-            train_on_prompt=train_on_prompt,
-            last_turn_only=last_turn_only,
-            max_length=max_length,
-            tools=record.get("tools"),
-            thinking=thinking,
-        )
-        truncated += example.truncated
-        if example.num_trained_tokens == 0:
-            without_targets.append(str(record.get("id") or f"line {number}"))
-            continue
-        examples.append(example)
-    return EncodedSplit(examples, truncated, without_targets)
+    number = 0
+    for chunk, chunk_examples in zip(chunks, encoded):
+        for record, example in zip(chunk, chunk_examples):
+            number += 1
+            truncated += example.truncated
+            if example.num_trained_tokens == 0:
+                without_targets.append(str(record.get("id") or f"line {number}"))
+                continue
+            examples.append(example)
+    return EncodedSplit(examples, truncated, without_targets, workers)
+
+
+def tokenizing_workers(records: int, num_workers: int) -> int:
+    """Processes worth starting for `records` records, at most `num_workers`."""
+    return max(1, min(num_workers, records // MIN_RECORDS_PER_WORKER))
+
+
+def _set_worker_tokenizer(tokenizer) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer
+
+
+def _encode_in_worker(records: list[dict], **options) -> list[EncodedExample]:
+    return _encode_chunk(_worker_tokenizer, records, **options)
+
+
+def _encode_chunk(tokenizer, records: list[dict], *, system_prompt: str | None, **options) -> list[EncodedExample]:
+    return [
+        encode_conversation(tokenizer, with_system_prompt(record["messages"], system_prompt), tools=record.get("tools"), **options)
+        for record in records
+    ]
 
 
 class ExampleDataset(torch.utils.data.Dataset):

@@ -142,7 +142,11 @@ def predict(engine, samples: list[Sample], settings: dict, cache_file: Path, lab
         notice(f"{label}: {len(samples) - len(todo)} predictions reused from {cache_file}")
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     batch_size = settings["batch_size"]
-    generate_settings = {k: v for k, v in settings.items() if k != "batch_size"}
+    generate_settings = {k: v for k, v in settings.items() if k not in ("batch_size", "seed")}
+    if "seed" in settings:
+        from transformers import set_seed
+
+        set_seed(settings["seed"])  # sampled generation: the same seed (and samples) give the same predictions
     columns = [TextColumn(f"Generating ({label})"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     # Similar prompt lengths together: less left padding per batch.
     # Samples that share tool definitions generate together (tools are one per call); similar
@@ -173,7 +177,8 @@ def generation_settings(config: EvalConfig) -> dict:
     generation = config.generation
     settings = {"max_new_tokens": generation.max_new_tokens, "batch_size": generation.batch_size}
     if generation.do_sample:
-        settings.update(temperature=generation.temperature, top_p=generation.top_p)
+        # The seed is part of the settings, so predictions cached under another seed are not reused.
+        settings.update(temperature=generation.temperature, top_p=generation.top_p, seed=config.seed)
     if generation.repetition_penalty != 1.0:
         settings["repetition_penalty"] = generation.repetition_penalty
     if generation.enable_thinking is not None:
@@ -302,6 +307,8 @@ def run_evaluation(config: EvalConfig) -> dict:
     from qwentune.infer.engine import QwenInference
 
     started = time.time()
+    for line in config.inert_settings():
+        notice(line)
     results_dir = Path(config.output.results_dir)
     datasets = {}
     for dataset in config.datasets:

@@ -59,12 +59,15 @@ def run_training(
     from qwentune.train.distributed import world_size
 
     started = time.time()
+    inert = config.inert_settings()  # before --debug sets keys of its own
     if debug:
         config = debug_config(config)
         console.print(f"[bold]Debug run[/bold]: {DEBUG_SAMPLES} samples, {DEBUG_STEPS} steps, output in {config.training.output_dir}")
     output_dir = Path(config.training.output_dir)
     resume = resolve_resume(resume_from_checkpoint, output_dir)
     run = start_run(config, deepspeed)
+    for line in inert:
+        run.notice(line)
     tokenizer, train_split, eval_split = prepare_data(run, debug)
     shape = plan_run(run, train_split)
     config = run.config  # the plan may change the batching
@@ -135,6 +138,7 @@ def start_run(config: TrainConfig, deepspeed: str | None) -> Run:
 
 def prepare_data(run: Run, debug: bool):
     """(tokenizer, train split, validation split or None), with one decoded example shown."""
+    from qwentune.data.dataset import MIN_RECORDS_PER_WORKER
     from qwentune.data.tokenize import describe_example, load_tokenizer
     from qwentune.train import debug as checks
 
@@ -142,6 +146,8 @@ def prepare_data(run: Run, debug: bool):
     tokenizer = load_tokenizer(model.tokenizer_name_or_path or model.model_name_or_path, model.trust_remote_code)
     if run.config.training.stage == "sft":
         train_split, eval_split = load_splits(run.config, tokenizer)
+        workers = run.config.data.preprocessing_num_workers
+        run.say(f"Tokenized in {train_split.workers} of {workers} processes (data.preprocessing_num_workers; one per {MIN_RECORDS_PER_WORKER} records at most)")
     else:  # preference pairs: prompt + chosen and prompt + rejected, trained on the final reply
         from qwentune.train.preference import load_pair_splits
 
@@ -175,6 +181,7 @@ def load_splits(config: TrainConfig, tokenizer):
         last_turn_only=data.last_turn_only,
         system_prompt=data.default_system_prompt,
         thinking=data.thinking,
+        num_workers=data.preprocessing_num_workers,
     )
     train = encode_records(read_canonical(data.train_file, data.max_samples), tokenizer, **encode)
     if not train.examples:
@@ -340,9 +347,6 @@ def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
         check_checkpoint(latest)
         return str(latest)
     folder = Path(resume)
-    if not (folder / COMPLETE_MARKER).is_file():
-        raise UsageError(
-            f"'{folder}' is not a complete checkpoint (no {COMPLETE_MARKER} marker: it was cut short or is not a "
     if not folder.is_dir():
         found = complete_checkpoints(output_dir)
         listed = f"complete checkpoints in {output_dir}: {', '.join(c.name for c in found)}" if found else f"{output_dir} holds no complete checkpoint"
@@ -350,7 +354,10 @@ def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
             f"--resume_from_checkpoint: '{folder}' {'is a file, not a folder' if folder.exists() else 'does not exist'}",
             advice=listed,
         )
+    if not (folder / COMPLETE_MARKER).is_file():
+        raise UsageError(
+            f"'{folder}' is not a complete checkpoint (no {COMPLETE_MARKER} marker: it was cut short or is not a "
             "checkpoint). Use --resume_from_checkpoint latest to pick the newest complete one."
         )
-    return str(folder)
     check_checkpoint(folder)
+    return str(folder)
