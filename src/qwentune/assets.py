@@ -27,7 +27,6 @@ import hashlib
 import importlib.util
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from filelock import FileLock, Timeout
 
 from qwentune.console import console, notice
 from qwentune.errors import RunFailed
+from qwentune.fsutil import atomic_write
 from qwentune.paths import cache_dir
 
 EMBEDDED_PREFIX = "embedded:"
@@ -167,9 +167,7 @@ def _write_manifest(folder: Path, asset: Asset) -> None:
 
 
 def _write_json_atomically(path: Path, data: dict) -> None:
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=1))
-    os.replace(temporary, path)
+    atomic_write(path, json.dumps(data, indent=1))
 
 
 def _find_damage(folder: Path, asset: Asset) -> str | None:

@@ -121,7 +121,8 @@ class WorkDir:
         self._descriptor = descriptor
 
     @classmethod
-    def create(cls, parent: Path, prefix: str) -> WorkDir:
+    def create(cls, parent: Path | str, prefix: str) -> WorkDir:
+        parent = Path(parent)
         initial = Path(tempfile.mkdtemp(prefix=".qwentune-init-", dir=parent))
         descriptor = os.open(initial, os.O_RDONLY)
         fcntl.flock(descriptor, fcntl.LOCK_EX)

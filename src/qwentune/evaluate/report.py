@@ -61,6 +61,7 @@ from importlib import resources
 from pathlib import Path
 
 from qwentune.evaluate.metrics import LOWER_IS_BETTER, METRIC_DEFINITIONS, NO_DIRECTION
+from qwentune.fsutil import atomic_open, atomic_write
 
 JSON_REPORT = "evaluation_report.json"
 CSV_REPORT = "evaluation_report.csv"
@@ -208,16 +209,17 @@ def write_reports(results: dict, out_dir, *, save_predictions: bool = True, html
     out_dir.mkdir(parents=True, exist_ok=True)
     completed = complete_results(results)
     paths = {"json": out_dir / JSON_REPORT, "csv": out_dir / CSV_REPORT}
-    paths["json"].write_text(_to_json(completed, indent=2) + "\n", encoding="utf-8")
-    with paths["csv"].open("w", newline="", encoding="utf-8") as handle:
+    # Each report is replaced in one step: a killed run leaves the previous report whole.
+    atomic_write(paths["json"], _to_json(completed, indent=2) + "\n")
+    with atomic_open(paths["csv"], newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(csv_rows(completed))
     if save_predictions:
         paths["predictions"] = out_dir / PREDICTIONS
         lines = "".join(_to_json(sample) + "\n" for sample in completed["samples"])
-        paths["predictions"].write_text(lines, encoding="utf-8")
+        atomic_write(paths["predictions"], lines)
     if html:
         paths["html"] = out_dir / HTML_REPORT
-        paths["html"].write_text(render_html(completed), encoding="utf-8")
+        atomic_write(paths["html"], render_html(completed))
     return paths

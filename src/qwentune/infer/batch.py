@@ -29,6 +29,7 @@ from rich.progress import (
 
 from qwentune.console import console, notice
 from qwentune.errors import RunFailed, UsageError
+from qwentune.fsutil import atomic_write
 from qwentune.infer.settings import GenerationSettings
 
 ROLES = ("system", "user", "assistant")
@@ -126,9 +127,7 @@ class ProgressRecord:
 
     def save(self) -> None:
         record = {"input_sha256": self.input_digest, "done": sorted(self.done), "output_bytes": self.output_bytes}
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(temporary, self.path)  # a run killed mid-save keeps the previous record whole
+        atomic_write(self.path, json.dumps(record))  # a run killed mid-save keeps the previous record whole
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from transformers import GenerationConfig
 from qwentune import __version__
 from qwentune.data.tokenize import end_of_turn_token
 from qwentune.errors import RunFailed, UsageError
+from qwentune.fsutil import atomic_write
 
 META_FILE = "qwentune_meta.json"
 COMPLETE_MARKER = "qwentune_complete"
@@ -194,8 +195,8 @@ def save_inference_files(folder: Path, model, tokenizer, meta: dict) -> None:
         "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **meta,
     }
-    (folder / META_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=2), encoding="utf-8")
+    atomic_write(folder / META_FILE, json.dumps(record, ensure_ascii=False, indent=2))
 
 
 def mark_complete(folder: Path) -> None:
-    (folder / COMPLETE_MARKER).write_text("ok\n", encoding="utf-8")
+    atomic_write(folder / COMPLETE_MARKER, "ok\n")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from qwentune.fsutil import atomic_write
 from qwentune.model.checkpoint import COMPLETE_MARKER, complete_checkpoints, mark_complete, save_inference_files
 
 LOSS_HISTORY_FILE = "loss_history.json"
@@ -146,7 +147,7 @@ def write_loss_history(folder: Path, log_history: list[dict]) -> list[dict]:
         for entry in log_history
         if "loss" in entry or "eval_loss" in entry
     ]
-    (folder / LOSS_HISTORY_FILE).write_text(json.dumps(curve, indent=1), encoding="utf-8")
+    atomic_write(folder / LOSS_HISTORY_FILE, json.dumps(curve, indent=1))
     return curve
 
 
