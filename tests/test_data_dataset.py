@@ -1,15 +1,20 @@
-"""Training-side tokenizing (`qwentune.data.dataset`): the same examples whatever the number of processes."""
+"""Training-side data (`qwentune.data.dataset`): the same examples whatever the number of tokenizing
+processes; a missing or damaged processed file is one clear error."""
 
 from __future__ import annotations
 
+import json
 import random
 
+import pytest
 from conftest import write_jsonl
 from test_train_recipe import conversation
 
+from qwentune.cli import main
 from qwentune.config.base import load_config
 from qwentune.config.training import TrainConfig
-from qwentune.data.dataset import MIN_RECORDS_PER_WORKER, encode_records
+from qwentune.data.dataset import MIN_RECORDS_PER_WORKER, encode_records, read_canonical
+from qwentune.errors import RunFailed
 from qwentune.train.recipe import load_splits
 
 
@@ -42,3 +47,20 @@ def test_training_reads_preprocessing_num_workers(tmp_path, qwen_tokenizer):
     )
     split, _ = load_splits(config, qwen_tokenizer)
     assert split.workers == 2 and len(split.examples) == 2 * MIN_RECORDS_PER_WORKER
+
+
+def test_a_damaged_line_of_a_processed_file_is_named(tmp_path):
+    path = tmp_path / "train.jsonl"
+    good = json.dumps(records(1)[0])
+    for line, problem in [(b"{not json\n", "is not JSON"), (b'{"id": "\xff"}\n', "is not UTF-8 text"), (b"[1, 2]\n", "is not a record")]:
+        path.write_bytes(f"{good}\n\n".encode() + line)
+        with pytest.raises(RunFailed, match=f"{path} line 3 {problem}"):
+            read_canonical(path)
+
+
+def test_training_without_its_data_file_is_a_usage_error(tmp_path, capsys):
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data: {{train_file: {tmp_path / 'none.jsonl'}}}\nmodel: {{model_name_or_path: embedded:qwen-tokenizer}}\n")
+    assert main(["train", "--config", str(config)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: data file not found: {tmp_path / 'none.jsonl'} run preprocessing first" in err

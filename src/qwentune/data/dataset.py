@@ -13,24 +13,43 @@ import torch
 from rich.progress import track
 
 from qwentune.data.tokenize import EncodedExample, encode_conversation
+from qwentune.errors import RunFailed, UsageError
 
 
 def read_canonical(path: str | Path, limit: int | None = None) -> list[dict]:
-    """Records of a processed JSONL split (written by preprocessing, so every line is valid)."""
+    """Records of a processed JSONL split (written by preprocessing, so every line should be valid:
+    a line that is not is an error naming the file and line, as is a missing file)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"data file not found: {path}. Run preprocessing first: "
-            "python data/preprocess.py --input_dir ./data/raw --output_dir ./data/processed"
+        raise UsageError(
+            f"data file not found: {path}",
+            advice="run preprocessing first: python data/preprocess.py --input_dir ./data/raw --output_dir ./data/processed",
         )
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
             if line.strip():
-                records.append(json.loads(line))
+                records.append(_canonical_line(path, number, line))
                 if limit is not None and len(records) >= limit:
                     break
     return records
+
+
+def _canonical_line(path: Path, number: int, line: bytes) -> dict:
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        problem = f"is not UTF-8 text (byte {exc.start} of the line)"
+    except json.JSONDecodeError as exc:
+        problem = f"is not JSON ({exc.msg})"
+    else:
+        if isinstance(record, dict) and isinstance(record.get("messages"), list):
+            return record
+        problem = "is not a record with a 'messages' list"
+    raise RunFailed(
+        f"{path} line {number} {problem}",
+        advice="processed files are written by preprocessing: run it again, or fix or remove that line",
+    )
 
 
 @dataclass

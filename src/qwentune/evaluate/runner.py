@@ -318,7 +318,7 @@ def run_evaluation(config: EvalConfig) -> dict:
         else:
             notice(f"{dataset.name}: no samples in {dataset.path}; skipped")
     if not datasets:
-        raise ValueError("no evaluation samples: check the dataset paths in the eval config")
+        raise ConfigError("no evaluation samples: check the dataset paths in the eval config (datasets[].path)")
     unique = list({s.id: s for samples in datasets.values() for s in samples}.values())
     settings = generation_settings(config)
     models = _models_to_evaluate(config)

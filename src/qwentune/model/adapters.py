@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from qwentune.config.training import TrainConfig
+from qwentune.errors import UsageError
 
 
 def apply_lora(model, config: TrainConfig):
@@ -36,7 +37,7 @@ def apply_full(model, config: TrainConfig):
 def decoder_layers(model) -> torch.nn.ModuleList:
     layers = getattr(model.get_decoder(), "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
-        raise ValueError(f"freeze tuning cannot find the decoder layers of {type(model).__name__}; use lora or full")
+        raise UsageError(f"freeze tuning cannot find the decoder layers of {type(model).__name__}; use lora or full")
     return layers
 
 
@@ -45,7 +46,7 @@ def apply_freeze(model, config: TrainConfig):
     layers = decoder_layers(model)
     keep = config.training.freeze_trainable_layers
     if keep > len(layers):
-        raise ValueError(f"training.freeze_trainable_layers is {keep} but the model has {len(layers)} layers")
+        raise UsageError(f"training.freeze_trainable_layers is {keep} but the model has {len(layers)} layers")
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     for layer in layers[len(layers) - keep :]:

@@ -83,7 +83,7 @@ def resolve_deepspeed(config_file: str | None, config: TrainConfig) -> str | dic
         if not deepspeed_available():
             raise ConfigError(f"--deepspeed {config_file} needs DeepSpeed: {INSTALL_DEEPSPEED}")
         if not Path(config_file).is_file():
-            raise FileNotFoundError(f"--deepspeed: no such file {config_file} (shipped: config/deepspeed/zero2.json, zero3.json)")
+            raise ConfigError(f"--deepspeed: no such file {config_file} (shipped: config/deepspeed/zero2.json, zero3.json)")
         try:  # a broken file fails here, not deep inside DeepSpeed
             json.loads(Path(config_file).read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
