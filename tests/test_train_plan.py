@@ -158,7 +158,7 @@ def test_zero_stage_applies_only_to_multi_process_runs(monkeypatch):
 
 def test_missing_deepspeed_file_is_a_clear_error():
     pytest.importorskip("deepspeed")
-    with pytest.raises(FileNotFoundError, match="zero2.json"):
+    with pytest.raises(ConfigError, match="zero2.json"):
         resolve_deepspeed("config/nope.json", config())
 
 
