@@ -5,10 +5,17 @@ for hub repos, qwentune's download cache for URLs; local files are read where th
 place them in data/raw/<name>/ (hard link or copy; the first N rows with max_samples) ->
 write source.json:
 
-    {"name", "description", "language", "licence", "format", "source", "max_samples",
+    {"name", "description", "language", "licence", "format", "source", "revision", "max_samples",
      "files": [{"path", "format", "origin", "bytes", "sha256", "rows"}], "rows", "downloaded_at"}
 
-`files[].format` is the file's format when the registry knows it (null: detect it).
+`files[].format` is the file's format when the registry knows it (null: detect it). `revision` is
+the commit a hub download resolved to (the registry's `source.revision` pins a branch, tag or
+commit; a hub id on the command line takes `owner/name@revision`).
+
+A re-download of the same thing (the same hub commit, or the same URL, with the same max_samples)
+must reproduce the sha256 that source.json recorded: a file that differs is an error naming it,
+and the placed files stay as they were. A hub branch that moved to another commit is a new
+version: its files replace the old ones, and the run says so.
 Hub access goes through huggingface_hub, so HF_ENDPOINT (mirrors), HF_HOME, HF_TOKEN and
 HF_HUB_OFFLINE work as they do everywhere else, and an interrupted transfer resumes.
 """
@@ -19,6 +26,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,6 +42,7 @@ from qwentune import __version__, hub
 from qwentune.console import console, notice
 from qwentune.data.registry import DEMO_DATASET, DatasetEntry, FileSpec, Registry, load_registry, registry_listing
 from qwentune.errors import RunFailed, UsageError
+from qwentune.fsutil import atomic_write
 from qwentune.paths import RAW_DATA_DIR, cache_dir
 
 
@@ -65,6 +74,7 @@ class FetchedFile:
     origin: str
     format: str | None
     in_cache: bool  # a download cache's copy (may be hard-linked); else the user's own file (copied)
+    commit: str | None = None  # the hub commit it comes from
 
 
 # --- files with rows: count them, or keep the first N -------------------------------------------
@@ -212,6 +222,7 @@ def fetch_hub(entry: DatasetEntry, network: Network) -> list[FetchedFile]:
             origin=f"{endpoint}/datasets/{source.hub}/blob/{commit}/{relative}",
             format=entry.file_format(spec),
             in_cache=True,
+            commit=commit,
         )
         for relative, spec in chosen
     ]
@@ -279,9 +290,40 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def place(fetched: FetchedFile, folder: Path, max_samples: int | None) -> dict:
+def recorded_hashes(folder: Path, entry: DatasetEntry, fetched: list[FetchedFile], max_samples: int | None) -> dict:
+    """{file name: sha256} a re-download must reproduce: the earlier source.json's, when it fetched the
+    same thing (the same hub repo and commit, or the same URL) with the same max_samples; else {}."""
+    try:
+        previous = json.loads((folder / "source.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(previous, dict) or previous.get("max_samples") != max_samples:
+        return {}
+    source, earlier = entry.source, previous.get("source") or {}
+    if source.kind == "hub":
+        if earlier.get("hub") != source.hub or previous_commit(previous) != fetched[0].commit:
+            return {}
+    elif source.kind != "url" or earlier.get("url") != source.url:
+        return {}  # a local source is the user's own file: it may change at will
+    files = previous.get("files") or []
+    return {item["path"]: item["sha256"] for item in files if isinstance(item, dict) and "path" in item and "sha256" in item}
+
+
+def previous_commit(record: dict) -> str | None:
+    """The hub commit an earlier source.json records (older ones only name it in each file's origin)."""
+    if record.get("revision"):
+        return record["revision"]
+    for item in record.get("files") or []:
+        if isinstance(item, dict) and (match := re.search(r"/blob/([0-9a-f]{40})/", str(item.get("origin")))):
+            return match[1]
+    return None
+
+
+def place(fetched: FetchedFile, folder: Path, max_samples: int | None, expected_sha256: str | None = None) -> dict:
+    """Put one fetched file in `folder`; with `expected_sha256`, only when its content hashes to that."""
     target = folder / fetched.name
     handler = ROW_FILES.get(target.suffix)
+    digest = None
     if fetched.local_path.resolve() != target.resolve():  # else: a local source that is already in place
         staging = target.with_name(target.name + ".tmp")
         staging.unlink(missing_ok=True)
@@ -291,13 +333,22 @@ def place(fetched: FetchedFile, folder: Path, max_samples: int | None) -> dict:
             _link_or_copy(fetched.local_path, staging)
         else:  # a user's file (or the package's demo data) is copied: editing data/raw must not change it
             shutil.copyfile(fetched.local_path, staging)
+        digest = _sha256(staging)
+        if expected_sha256 is not None and digest != expected_sha256:
+            staging.unlink()
+            raise DownloadError(
+                f"{target}: the new download has sha256 {digest}, but source.json records {expected_sha256} "
+                f"for the same {'commit' if fetched.commit else 'URL'}; the file was not replaced (a corrupt "
+                "transfer or a changed upstream file: delete the Hugging Face / qwentune cache copy and retry, "
+                f"or delete {folder / 'source.json'} to accept the new content)"
+            )
         os.replace(staging, target)
     return {
         "path": fetched.name,
         "format": fetched.format,
         "origin": fetched.origin,
         "bytes": target.stat().st_size,
-        "sha256": _sha256(target),
+        "sha256": digest or _sha256(target),
         "rows": handler.count(target) if handler is not None else None,
     }
 
@@ -312,7 +363,9 @@ def _download_one(name: str, entry: DatasetEntry, raw_dir: Path, network: Networ
             raise DownloadError(f"two files share a name in {names}; list the files to take in the registry entry")
         folder = raw_dir / name
         folder.mkdir(parents=True, exist_ok=True)
-        files = [place(item, folder, max_samples) for item in fetched]
+        expected = recorded_hashes(folder, entry, fetched, max_samples)
+        _say_if_moved(folder, entry, fetched)
+        files = [place(item, folder, max_samples, expected.get(item.name)) for item in fetched]
     except NetworkUnavailable as exc:
         console.print("  [red]failed[/red]: network")
         return DownloadResult(name, ok=False, error=str(exc), network_error=True, entry=entry)
@@ -328,16 +381,28 @@ def _download_one(name: str, entry: DatasetEntry, raw_dir: Path, network: Networ
         "licence": entry.licence,
         "format": entry.format,
         "source": entry.source.model_dump(mode="json", exclude_none=True),
+        "revision": fetched[0].commit if fetched else None,
         "max_samples": max_samples,
         "files": files,
         "rows": total,
         "downloaded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "qwentune_version": __version__,
     }
-    (folder / "source.json").write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    atomic_write(folder / "source.json", json.dumps(record, ensure_ascii=False, indent=2) + "\n")
     shown_rows = f"{total:,} rows" if total is not None else "rows unknown"
     console.print(f"  [green]ok[/green] {folder}/  ({len(files)} file{'s' if len(files) != 1 else ''}, {shown_rows})")
     return DownloadResult(name, ok=True, output_dir=folder, files=files, rows=total, entry=entry)
+
+
+def _say_if_moved(folder: Path, entry: DatasetEntry, fetched: list[FetchedFile]) -> None:
+    """A hub revision that now resolves to another commit than last time: a new version, said aloud."""
+    try:
+        previous = json.loads((folder / "source.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    old, new = previous_commit(previous) if isinstance(previous, dict) else None, fetched[0].commit if fetched else None
+    if entry.source.kind == "hub" and old and new and old != new:
+        console.print(f"  {entry.source.hub} is now at commit {new[:12]} (was {old[:12]}): its files are replaced")
 
 
 def download_datasets(
@@ -422,7 +487,7 @@ def _positive_int(text: str) -> int:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--datasets", nargs="+", metavar="NAME",
-                       help="registered names (see --list), local files or folders, or hub ids owner/name")
+                       help="registered names (see --list), local files or folders, or hub ids owner/name[@revision]")
     which.add_argument("--all", action="store_true", help="every registered dataset (not the demo data)")
     which.add_argument("--list", action="store_true", help="show the registered datasets and exit")
     parser.add_argument("--output_dir", type=Path, default=RAW_DATA_DIR, help="where data/raw/<name>/ folders go")

@@ -134,8 +134,11 @@ class Registry:
         if path.exists():
             folder = re.sub(r"[^\w.-]", "_", path.name.split(".")[0]) or "local"
             return folder, DatasetEntry(description=f"local {path}", source=Source(local=path.resolve()))
-        if _HUB_ID.fullmatch(name):
-            return name.replace("/", "__"), DatasetEntry(description=f"hub dataset {name}", source=Source(hub=name))
+        # owner/name, or owner/name@revision (a branch, tag or commit) to pin one.
+        hub_id, _, revision = name.partition("@")
+        if _HUB_ID.fullmatch(hub_id) and (revision or not name.endswith("@")):
+            source = Source(hub=hub_id, revision=revision or None)
+            return hub_id.replace("/", "__"), DatasetEntry(description=f"hub dataset {name}", source=source)
         close = difflib.get_close_matches(name, list(self.entries), n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise RegistryError(
