@@ -81,7 +81,8 @@ def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[
     return [{"role": "system", "content": system_prompt}, *messages]
 
 
-# A worker process is worth its start (fork, first batch) only with at least this many records to tokenize.
+# At most one worker process per this many records: a small file is not split among processes that cost
+# more to start than they save (not tuned on an idle machine; see docs/training.md).
 MIN_RECORDS_PER_WORKER = 256
 _worker_tokenizer = None
 
