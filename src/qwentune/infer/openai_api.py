@@ -8,7 +8,7 @@ fields this server cannot honour are refused with a 400 rather than silently ign
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
@@ -49,9 +49,8 @@ UNSUPPORTED: dict[str, tuple] = {
     "presence_penalty": (0,),
     "frequency_penalty": (0,),
     "seed": (),
-    "tools": ([],),
-    "functions": ([],),
-    "tool_choice": ("none", "auto"),
+    "functions": ([],),  # the deprecated form of `tools`
+    "function_call": ("none", "auto"),
     "response_format": ({"type": "text"},),
 }
 
@@ -146,12 +145,49 @@ class ToolCall(OpenAIRequest):
     function: FunctionCall
 
 
+class FunctionDefinition(OpenAIRequest):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")  # OpenAI's rule for function names
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema, shown to the model (not enforced on its arguments)
+
+
+class ToolDefinition(OpenAIRequest):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(OpenAIRequest):
+    name: str
+
+
+class NamedToolChoice(OpenAIRequest):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class ChatTemplateKwargs(BaseModel):
+    """vLLM's `chat_template_kwargs`: the variable our templates read is Qwen3's thinking switch."""
+
+    enable_thinking: bool | None = Field(None, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_only(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (unknown := sorted(set(data) - set(cls.model_fields))):
+            raise PydanticCustomError(
+                "unsupported", "'chat_template_kwargs' takes only 'enable_thinking' on this server (got {keys})",
+                {"keys": ", ".join(map(repr, unknown))},
+            )  # fmt: skip
+        return data
+
+
 class ChatMessage(OpenAIRequest):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None  # assistant turns that called tools
     tool_call_id: str | None = None  # tool turns: the call they answer
+    reasoning_content: str | None = None  # an assistant turn's reasoning (Qwen3 renders it after the last user turn)
 
     @model_validator(mode="after")
     def _complete(self):
@@ -172,11 +208,17 @@ class ChatMessage(OpenAIRequest):
             message["tool_calls"] = [call.model_dump(exclude_none=True) for call in self.tool_calls]
         if self.tool_call_id:
             message["tool_call_id"] = self.tool_call_id
+        if self.reasoning_content and self.role == "assistant":
+            message["reasoning_content"] = self.reasoning_content
         return message
 
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    chat_template_kwargs: ChatTemplateKwargs | None = None  # vLLM's convention: {"enable_thinking": false}
+    enable_thinking: bool | None = Field(None, strict=True)  # Alibaba Cloud's (DashScope) convention for Qwen3
     max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
 
     @property
@@ -185,6 +227,37 @@ class ChatCompletionRequest(SamplingRequest):
 
     def conversation(self) -> list[dict]:
         return [message.as_message() for message in self.messages]
+
+    @model_validator(mode="after")
+    def _tools_agree(self):
+        names = [tool.function.name for tool in self.tools or []]
+        if len(set(names)) < len(names):
+            twice = sorted({name for name in names if names.count(name) > 1})
+            raise PydanticCustomError("duplicate", "'tools' defines {names} more than once", {"param": "tools", "names": ", ".join(twice)})
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise PydanticCustomError(
+                "unknown_tool", "'tool_choice' names the function '{name}', which 'tools' does not define (defined: {names})",
+                {"param": "tool_choice", "name": choice.function.name, "names": ", ".join(names) or "none"},
+            )  # fmt: skip
+        if choice == "required" and not names:
+            raise PydanticCustomError("needs_tools", "'tool_choice' \"required\" needs 'tools'", {"param": "tool_choice"})
+        switches = {s for s in (self.enable_thinking, self.chat_template_kwargs and self.chat_template_kwargs.enable_thinking) if s is not None}
+        if len(switches) > 1:
+            raise PydanticCustomError(
+                "conflict", "'enable_thinking' and 'chat_template_kwargs.enable_thinking' disagree", {"param": "enable_thinking"}
+            )  # fmt: skip
+        return self
+
+    def prompt_options(self) -> dict:
+        """The engine's prompt options (QwenInference.prepare): tools, tool_choice and the thinking switch."""
+        thinking = self.chat_template_kwargs.enable_thinking if self.chat_template_kwargs else None
+        choice = self.tool_choice or "auto"
+        return {
+            "tools": [tool.model_dump(exclude_none=True) for tool in self.tools or []],
+            "tool_choice": choice.model_dump() if isinstance(choice, NamedToolChoice) else choice,
+            "enable_thinking": thinking if thinking is not None else self.enable_thinking,
+        }
 
 
 class CompletionRequest(SamplingRequest):
@@ -200,7 +273,7 @@ class CompletionRequest(SamplingRequest):
 _FIELDS = {
     name
     for schema in (ChatCompletionRequest, CompletionRequest, ChatMessage, TextPart, StreamOptions, ToolCall,
-                   FunctionCall)  # fmt: skip
+                   FunctionCall, ToolDefinition, FunctionDefinition, NamedToolChoice, ChatTemplateKwargs)  # fmt: skip
     for name in schema.model_fields
 }
 
@@ -227,9 +300,24 @@ class Usage(BaseModel):
         )  # fmt: skip
 
 
-class AssistantMessage(BaseModel):
+class SparseModel(BaseModel):
+    """A model whose unset (None) fields are left out of its JSON."""
+
+    @model_serializer(mode="wrap")
+    def _set_fields_only(self, handler) -> dict:
+        return {key: value for key, value in handler(self).items() if value is not None or key in self._always}
+
+    _always: ClassVar[frozenset[str]] = frozenset()
+
+
+class AssistantMessage(SparseModel):
+    """`reasoning_content` (the think block, as vLLM and DeepSeek name it) and `tool_calls` only when there are some."""
+
+    _always: ClassVar[frozenset[str]] = frozenset({"content"})  # null when the reply is only tool calls
     role: Literal["assistant"] = "assistant"
     content: str | None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -248,15 +336,27 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
-class ChatDelta(BaseModel):
+class FunctionDelta(SparseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(SparseModel):
+    """A streamed tool call: its first delta has the id and name, the next ones pieces of its arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDelta
+
+
+class ChatDelta(SparseModel):
     """The new part of a streamed message: only the fields it sets are sent."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _set_fields_only(self, handler) -> dict:
-        return {key: value for key, value in handler(self).items() if value is not None}
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):

@@ -190,18 +190,21 @@ class ReplyParser:
         return True
 
 
+def final_reason(finish_reason: str, called: bool) -> str:
+    """OpenAI's finish reason: "tool_calls" when the model called tools and stopped by itself."""
+    return "tool_calls" if called and finish_reason == "stop" else finish_reason
+
+
 def assemble(deltas: list[Delta], *, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> Reply:
     """The finished reply from all its pieces."""
     reasoning = [d.text for d in deltas if d.kind == "reasoning"]
     calls = [d.tool_call for d in deltas if d.kind == "tool_call"]
     content = "".join(d.text for d in deltas if d.kind == "content")
-    if calls and finish_reason == "stop":
-        finish_reason = "tool_calls"
     return Reply(
         content=content,
         reasoning_content="".join(reasoning) if reasoning else None,
         tool_calls=calls,
-        finish_reason=finish_reason,
+        finish_reason=final_reason(finish_reason, bool(calls)),
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         text=text,

@@ -7,6 +7,11 @@ qwentune.infer.openai_api. Two rules hold for every request:
   seconds to tokenize, and meanwhile the loop must answer /health and other clients).
 - A request whose client goes away, streamed or not, is abandoned: skipped while it waits,
   stopped at its next token while it generates (`ClientWatch`).
+
+A chat reply is read by the prompt's `ReplyParser` (qwentune.infer.reply), streamed or not: its
+think block becomes `reasoning_content`, its `<tool_call>` blocks `tool_calls` (streamed as
+OpenAI streams them: a delta with the call's id and name, then one with its arguments), and a
+call that does not parse stays in `content` as the model wrote it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pydantic import BaseModel
 
 from qwentune.data.toolcalls import ToolCallError
 from qwentune.infer.decoding import Completion
+from qwentune.infer.engine import Prompt
 from qwentune.infer.openai_api import (
     AssistantMessage,
     ChatChoice,
@@ -34,12 +40,17 @@ from qwentune.infer.openai_api import (
     ChatDelta,
     CompletionChoice,
     CompletionRequest,
+    FunctionCall,
+    FunctionDelta,
     ModelCard,
     OpenAIError,
     SamplingRequest,
     TextCompletion,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
+from qwentune.infer.reply import Delta, Reply, final_reason
 from qwentune.infer.settings import GenerationSettings
 from qwentune.infer.worker import GenerationWorker, Job, WorkerClosed
 
@@ -163,6 +174,27 @@ def usage(completions: list[Completion]) -> Usage:
     return Usage.of(sum(c.prompt_tokens for c in completions), sum(c.completion_tokens for c in completions))
 
 
+def assistant_message(reply: Reply) -> AssistantMessage:
+    calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in reply.tool_calls]
+    return AssistantMessage(
+        content=reply.content if reply.content or not calls else None,  # null beside calls, as OpenAI's
+        reasoning_content=reply.reasoning_content,
+        tool_calls=calls or None,
+    )
+
+
+def chat_deltas(delta: Delta, call_index: int) -> list[ChatDelta]:
+    """The streamed deltas of one piece of a reply (`call_index`: the call's place among the reply's calls)."""
+    if delta.kind == "reasoning":
+        return [ChatDelta(reasoning_content=delta.text)]
+    if delta.kind == "content":
+        return [ChatDelta(content=delta.text)]
+    call = delta.tool_call
+    head = ToolCallDelta(index=call_index, id=call.id, type="function", function=FunctionDelta(name=call.name, arguments=""))
+    arguments = ToolCallDelta(index=call_index, function=FunctionDelta(arguments=call.arguments))
+    return [ChatDelta(tool_calls=[head]), ChatDelta(tool_calls=[arguments])]
+
+
 class Service:
     """What the routes share: the engine, its worker, the served name, the key and the limits."""
 
@@ -236,25 +268,26 @@ class Service:
     def _head(self, prefix: str) -> dict:
         return {"id": f"{prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_name}
 
-    async def _start(self, body: SamplingRequest, tokenize: Callable[[], list[list[int]]]) -> Answers:
+    async def _start(self, body: SamplingRequest, prepare: Callable[[], list[Prompt]]) -> tuple[Answers, list[Prompt]]:
         self.check_model(body.model)
         try:
-            prompts = await asyncio.to_thread(tokenize)
-        except ToolCallError as exc:  # an assistant turn's call the template cannot render
-            raise OpenAIError(400, str(exc), param="messages") from None
-        return Answers(self.worker, self.engine, prompts, self.settings_for(body, prompts))
+            prompts = await asyncio.to_thread(prepare)
+        except ToolCallError as exc:  # a definition or an assistant turn's call the template cannot render
+            raise OpenAIError(400, str(exc), param="tools" if exc.reason == "bad_tools" else "messages") from None
+        ids = [prompt.ids for prompt in prompts]
+        return Answers(self.worker, self.engine, ids, self.settings_for(body, ids)), prompts
 
     async def chat(self, body: ChatCompletionRequest, client_gone: ClientGone) -> ChatCompletion | AsyncIterator[str]:
         """The answer, or with "stream": true the server-sent events that make it up."""
-        conversation = body.conversation()
-        answers = await self._start(body, lambda: [self.engine.prompt_ids(conversation)])
+        conversation, options = body.conversation(), body.prompt_options()
+        answers, (prompt,) = await self._start(body, lambda: [self.engine.prepare(conversation, **options)])
         watch = ClientWatch(answers, client_gone)
         head = self._head("chatcmpl")
         if body.stream:
-            return self._chat_events(watch, body, head)
+            return self._chat_events(watch, body, head, prompt)
         (completion,) = await watch.result(answers.completions())
-        choice = ChatChoice(index=0, message=AssistantMessage(content=completion.text),
-                            finish_reason=completion.finish_reason)  # fmt: skip
+        reply = prompt.reply(completion)
+        choice = ChatChoice(index=0, message=assistant_message(reply), finish_reason=reply.finish_reason)
         return ChatCompletion(**head, choices=[choice], usage=usage([completion]))
 
     async def complete(self, body: CompletionRequest, client_gone: ClientGone) -> TextCompletion | AsyncIterator[str]:
@@ -263,7 +296,7 @@ class Service:
             raise OpenAIError(400, f"'prompt' holds {len(texts)} prompts; this server takes at most "
                                    f"{self.max_prompts} in one request", param="prompt")  # fmt: skip
         tokenizer = self.engine.tokenizer
-        answers = await self._start(body, lambda: [tokenizer(text)["input_ids"] for text in texts])
+        answers, _ = await self._start(body, lambda: [Prompt(tokenizer(text)["input_ids"]) for text in texts])
         watch = ClientWatch(answers, client_gone)
         head = self._head("cmpl")
         if body.stream:
@@ -272,19 +305,36 @@ class Service:
         choices = [CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason) for i, c in enumerate(results)]
         return TextCompletion(**head, choices=choices, usage=usage(results))
 
-    async def _chat_events(self, watch: ClientWatch, body: ChatCompletionRequest, head: dict) -> AsyncIterator[str]:
+    async def _chat_events(
+        self, watch: ClientWatch, body: ChatCompletionRequest, head: dict, prompt: Prompt
+    ) -> AsyncIterator[str]:
         def chunk(delta: ChatDelta, finish_reason: str | None = None) -> str:
             return sse(ChatCompletionChunk(**head, choices=[ChatChunkChoice(delta=delta, finish_reason=finish_reason)]))
 
+        parser, calls = prompt.parser(), 0
+
+        def chunks(deltas: list[Delta]) -> list[str]:
+            nonlocal calls
+            events = []
+            for delta in deltas:
+                events += [chunk(d) for d in chat_deltas(delta, calls)]
+                calls += delta.kind == "tool_call"
+            return events
+
         try:
             yield chunk(ChatDelta(role="assistant", content=""))
+            for event in chunks(parser.feed(prompt.prefill)):
+                yield event
             completions = []
             async for _, kind, value in watch.answers.events():
                 if kind == "text":
-                    yield chunk(ChatDelta(content=value))
+                    for event in chunks(parser.feed(value)):
+                        yield event
                 else:
+                    for event in chunks(parser.close()):
+                        yield event
                     completions.append(value)
-                    yield chunk(ChatDelta(), value.finish_reason)
+                    yield chunk(ChatDelta(), final_reason(value.finish_reason, calls > 0))
             if body.include_usage:
                 yield sse(ChatCompletionChunk(**head, choices=[], usage=usage(completions)))
         except OpenAIError as exc:  # the status line is sent already: report it in the stream, as OpenAI does
