@@ -3,8 +3,8 @@
 Generated, not hand-written: five tool schemas, English and Chinese request phrasings, argument
 values drawn with a fixed seed. Held-out records (`"split": "test"`) use phrasings and values
 that never occur in training, so evaluation measures whether the model learned the call
-format and the choice of function rather than memorised requests. Each record offers three of
-the five tools (the right one among them), so the model has to pick.
+format and the choice of function rather than memorised requests. Each record offers two of
+the five tools (the right one and one other), so the model has to pick.
 
     python scripts/make_tool_demo_data.py          # rewrites the file (same seed, same bytes)
 """
@@ -122,7 +122,7 @@ def result_and_answer(tool: str, arguments: dict, lang: str, rng: random.Random)
 
 def record(rng: random.Random, number: int, tool: str, lang: str, held_out: bool, full_loop: bool) -> dict:
     request, arguments = make_call(rng, tool, lang, held_out)
-    offered = [tool, *rng.sample([t for t in TOOLS if t != tool], 2)]
+    offered = [tool, rng.choice([t for t in TOOLS if t != tool])]
     rng.shuffle(offered)
     call_id = f"call_{number}"
     messages = [
