@@ -17,6 +17,31 @@ def cjk_ratio(text: str) -> float:
     return cjk / total if total else 0.0
 
 
+# Tags data sets write for Chinese or English, by their primary subtag (zh-CN, zh_Hans, ZH, cmn, chinese).
+_PRIMARY = {"zh": "zh", "cmn": "zh", "zho": "zh", "chi": "zh", "chinese": "zh", "中文": "zh",
+            "en": "en", "eng": "en", "english": "en"}
+# Tags that name no single language: the text decides.
+_UNDECIDED = {"", "mixed", "auto", "mul", "multi", "multilingual", "und", "unknown", "zh-en", "en-zh"}
+
+
+def normalize_lang(tag: object, text: str = "") -> str:
+    """The language code every stage uses for a record's `lang` tag, as data sets write it.
+
+    Chinese tags of any region or script (zh-CN, zh_TW, zh-Hans, ZH, cmn) -> 'zh', English ones
+    -> 'en', another language -> its lower-case primary subtag ('fr-FR' -> 'fr'); no tag, or one
+    that names no single language ('mixed', 'und'), -> detect_lang(text).
+    """
+    if isinstance(tag, str):
+        cleaned = tag.strip().lower().replace("_", "-")
+        if cleaned not in _UNDECIDED:
+            primary = cleaned.split("-")[0]
+            if primary in _PRIMARY:
+                return _PRIMARY[primary]
+            if re.fullmatch(r"[a-z]{2,3}", primary):
+                return primary
+    return detect_lang(text)
+
+
 def detect_lang(text: str) -> str:
     """'zh' when at least 30% of the word characters are CJK, else 'en'.
 

@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from qwentune.data.lang import detect_lang
+from qwentune.data.lang import detect_lang, normalize_lang
 from qwentune.data.toolcalls import ToolCallError, check_calls, normalise_call, normalise_tools
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -238,7 +238,8 @@ def make_record(
     if split is not None:
         meta["split"] = normalise_split(split)
     record_id = str(id) if id is not None and str(id) != "" else stable_id(source, checked)
-    if lang not in LANGS:
+    lang = normalize_lang(lang, conversation_text(checked))
+    if lang not in LANGS:  # the splitter knows Chinese and English: another language counts as detected
         lang = detect_lang(conversation_text(checked))
     return Record(
         id=record_id, source=source, lang=lang, messages=checked, meta=meta, origin=origin, tools=definitions

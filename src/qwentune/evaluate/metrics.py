@@ -90,7 +90,11 @@ METRIC_DEFINITIONS: dict[str, str] = {
         "reference pairs the scored tokens are the reference followed by the end-of-turn "
         "token (e.g. <|im_end|>), conditioned on the chat-templated prompt with the assistant "
         "header: the tokens the training loss is computed on. For plain texts no BOS is added "
-        "and the first token is not predicted. Padding never counts."
+        "and the first token is not predicted. Padding never counts. A sequence longer than the "
+        "model's context (max_position_embeddings) is scored in sliding windows of that length "
+        "moved by a stride (default: half the context): each token is predicted exactly once, "
+        "in the first window that holds it after its first position, so it sees at least "
+        "context - stride tokens before it (all of them in the first window)."
     ),
     "distinct_1": (
         "Distinct-1 (0-1): unique unigrams / total unigrams pooled over all predictions. "
@@ -320,6 +324,27 @@ def _batch_nll(model, batch: list[tuple[list[int], list[int]]]) -> tuple[float, 
     return nll.item(), int((shifted_labels != IGNORE_INDEX).sum())
 
 
+def _windows(ids: list[int], labels: list[int], max_length: int, stride: int) -> list[tuple[list[int], list[int]]]:
+    """A sequence cut into windows of at most `max_length` tokens, `stride` apart. A position is
+    labelled only in the first window where it is not the window's first token: each token is
+    predicted once, with at least max_length - stride tokens of context after the first window."""
+    if len(ids) <= max_length:
+        return [(ids, labels)]
+    windows, scored_until, begin = [], 1, 0
+    while True:
+        end = min(begin + max_length, len(ids))
+        window_labels = [labels[p] if p >= scored_until else IGNORE_INDEX for p in range(begin, end)]
+        windows.append((ids[begin:end], window_labels))
+        if end == len(ids):
+            return windows
+        scored_until, begin = end, begin + stride
+
+
+def context_length(model) -> int | None:
+    """Positions the model was built for (None when its config does not say)."""
+    return getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+
+
 def perplexity(
     model,
     tokenizer,
@@ -328,13 +353,22 @@ def perplexity(
     references: Sequence[str] | None = None,
     texts: Sequence[str] | None = None,
     batch_size: int = 8,
+    max_length: int | None = None,
+    stride: int | None = None,
 ) -> dict:
     """Corpus perplexity of `references` given chat `prompts` (message lists), or of plain `texts`.
 
-    Returns {"perplexity", "total_nll", "predicted_tokens", "sequences"}; raises ValueError
-    when nothing is predicted (perplexity is undefined). Sequences are scored in batches so
-    only one batch of logits is alive at a time; the model is put in eval mode meanwhile.
+    Returns {"perplexity", "total_nll", "predicted_tokens", "sequences", "windows"}; raises
+    ValueError when nothing is predicted (perplexity is undefined). Sequences are scored in
+    batches so only one batch of logits is alive at a time; the model is put in eval mode meanwhile.
+    A sequence longer than `max_length` (default: the model's context) is scored in sliding
+    windows `stride` tokens apart (default: half of max_length); see METRIC_DEFINITIONS.
     """
+    max_length = max_length or context_length(model)
+    if max_length is not None:
+        stride = stride or max(1, max_length // 2)
+        if not 0 < stride < max_length:
+            raise ValueError(f"stride must be between 1 and max_length - 1 ({max_length - 1}); got {stride}")
     if texts is not None and prompts is None and references is None:
         sequences = [_text_sequence(tokenizer, text) for text in texts]
     elif texts is None and prompts is not None and references is not None:
@@ -346,6 +380,9 @@ def perplexity(
     scored = [seq for seq in sequences if any(label != IGNORE_INDEX for label in seq[1][1:])]
     if not scored:
         raise ValueError("perplexity is undefined: no token to predict")
+    if max_length is not None:
+        windows = (window for ids, labels in scored for window in _windows(ids, labels, max_length, stride))
+        scored = [(ids, labels) for ids, labels in windows if any(label != IGNORE_INDEX for label in labels[1:])]
     # Similar lengths side by side waste less compute on padding; the sum does not depend on order.
     scored.sort(key=lambda seq: len(seq[0]))
     total_nll, predicted_tokens = 0.0, 0
@@ -364,6 +401,7 @@ def perplexity(
         "total_nll": total_nll,
         "predicted_tokens": predicted_tokens,
         "sequences": len(sequences),
+        "windows": len(scored),
     }
 
 

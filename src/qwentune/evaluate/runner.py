@@ -75,14 +75,14 @@ class Sample:
 
 def load_samples(path: str, dataset: str, limit: int | None) -> list[Sample]:
     from qwentune.data.dataset import read_canonical
-    from qwentune.data.lang import detect_lang
+    from qwentune.data.lang import normalize_lang
 
     samples = []
     skipped = 0
     for record in read_canonical(path):
         if "chosen" in record and "rejected" in record:  # a preference pair: generation is scored against chosen
             chosen, rejected = record["chosen"]["content"].strip(), record["rejected"]["content"].strip()
-            lang = record.get("lang") or detect_lang(chosen)
+            lang = normalize_lang(record.get("lang"), chosen)
             samples.append(Sample(dataset, str(record["id"]), lang, record["messages"], chosen, rejected=rejected))
             if limit is not None and len(samples) >= limit:
                 break
@@ -93,7 +93,8 @@ def load_samples(path: str, dataset: str, limit: int | None) -> list[Sample]:
             continue
         calls = messages[-1].get("tool_calls") or None
         reference = "\n".join([messages[-1]["content"].strip(), *(call_text(c) for c in calls or ())]).strip()
-        lang = record.get("lang") or detect_lang(reference)
+        # zh-CN, zh_TW, ZH... score as Chinese; 'mixed' or no tag: detected from the reference.
+        lang = normalize_lang(record.get("lang"), reference)
         samples.append(
             Sample(dataset, str(record["id"]), lang, messages[:-1], reference, record.get("tools") or None, calls)
         )
@@ -243,7 +244,12 @@ def model_perplexity(engine, samples: list[Sample], batch_size: int):
     prompts = [as_messages(s.prompt, engine.system_prompt) for s in samples]
     try:
         return metrics.perplexity(
-            engine.model, engine.tokenizer, prompts=prompts, references=[s.reference for s in samples], batch_size=batch_size
+            engine.model,
+            engine.tokenizer,
+            prompts=prompts,
+            references=[s.reference for s in samples],
+            batch_size=batch_size,
+            max_length=engine.context_length,  # longer samples: sliding windows, never past the context
         )["perplexity"]
     except ValueError as exc:
         return metrics.not_available(str(exc))
