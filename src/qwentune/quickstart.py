@@ -24,8 +24,8 @@ DATA_PRESET = "config/presets/quickstart_data.yaml"
 TRAIN_PRESET = "config/presets/quickstart_train.yaml"
 EVAL_PRESET = "config/presets/quickstart_eval.yaml"
 SAMPLE_QUESTION = "你好，请介绍一下你自己。"
-KEY_PACKAGES = ("transformers", "peft", "accelerate", "datasets", "huggingface_hub", "gguf", "sacrebleu",
-                "rouge-score", "bert-score", "jieba", "fastapi", "bitsandbytes", "deepspeed", "torch_npu", "mindspeed")
+# Installed by hand for Ascend, so not among the declared dependencies.
+PLATFORM_PACKAGES = ("torch_npu", "mindspeed")
 HEADLINE_METRICS = ("bleu", "rougeL", "bertscore", "perplexity")
 
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quick_start.py", description="qwentune quick start: status, or run stages of the whole flow.")
     stages = parser.add_argument_group("stages (any combination; --full runs all)")
     for flag, help_text in [
-        ("--status", "environment report: Python, torch, device, packages, embedded assets, data, checkpoints"),
+        ("--status", "environment report: Python, device, dependency versions against the supported range, embedded assets, data, checkpoints"),
         ("--install", "install the requirements (pip) and fetch the embedded assets"),
         ("--download", "fetch datasets into data/raw (falls back to the bundled demo data when offline)"),
         ("--preprocess", "convert, clean and split data/raw into data/processed"),
@@ -57,6 +57,39 @@ def _version(package: str) -> str:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "-"
+
+
+def _dependency_lines() -> list[tuple[str, str]]:
+    """Each declared dependency: installed version, the supported range, and what a gap costs."""
+    from qwentune.versions import dependency_versions
+
+    lines = []
+    for dependency in dependency_versions():
+        supported = f"supported {dependency.supported or 'any'}"
+        if dependency.in_range is None:
+            extra = f": pip install -e '.[{dependency.extra}]'" if dependency.extra else ""
+            state = f"[yellow]not installed[/yellow]{extra}"
+        else:
+            state = "[green]ok[/green]" if dependency.in_range else "[red]outside the supported range[/red]"
+        line = f"{dependency.installed or '-'}  ({supported})  {state}"
+        if dependency.name == "transformers" and dependency.installed:
+            line += f"; {_logits_feature()}"
+        lines.append((dependency.name, line))
+    return lines
+
+
+def _logits_feature() -> str:
+    """What this transformers does with the trained-positions-only logits (probed, as training does)."""
+    from transformers import Qwen2ForCausalLM
+
+    from qwentune.model.logits import logits_selection
+
+    selection = logits_selection(Qwen2ForCausalLM)
+    if selection == "mask":
+        return "logits at trained positions: per-row boolean mask"
+    if selection == "positions":
+        return "[yellow]no boolean logits_to_keep[/yellow]: padded batches compute logits at the union of trained positions"
+    return "[yellow]no logits_to_keep selection[/yellow]: logits at every position (more memory)"
 
 
 def _device_line() -> str:
@@ -85,9 +118,10 @@ def print_status() -> int:
     table.add_column("item", style="bold")
     table.add_column("value")
     table.add_row("Python", f"{platform.python_version()} ({sys.executable})")
-    table.add_row("torch", _version("torch"))
     table.add_row("device", _device_line())
-    table.add_row("packages", ", ".join(f"{p} {_version(p)}" for p in KEY_PACKAGES))
+    for name, line in _dependency_lines():
+        table.add_row(name, line)
+    table.add_row("Ascend", ", ".join(f"{p} {_version(p)}" for p in PLATFORM_PACKAGES))
     from qwentune.assets import asset_status
 
     for asset in asset_status():
