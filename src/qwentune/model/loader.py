@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,18 @@ def quiet_library_noise() -> None:
     # QLoRA preparation enables checkpointing by the old name).
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*deprecated", category=FutureWarning)
+    # We tokenize long texts on purpose (token counts, perplexity windows): "Token indices sequence
+    # length is longer than..." says nothing about the run.
+    logging.getLogger("transformers.tokenization_utils_base").addFilter(_drop_length_warning)
+    # The "Loading weights" bar of every model load: a wall of carriage returns in a log or a pipe.
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
+
+def _drop_length_warning(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token indices sequence length is longer")
 
 
 def quantization_config(bits: int | None, compute_dtype: torch.dtype):
