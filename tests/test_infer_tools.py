@@ -4,6 +4,7 @@ replies split into reasoning, answer and calls (a tiny Qwen3 made to write scrip
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from scripted_replies import last_turn, script_replies
@@ -166,3 +167,33 @@ def test_a_batch_mixes_calls_thinking_and_plain_answers(engine):
     assert replies[0].tool_calls[0].name == "get_weather"
     assert (replies[1].content, bool(replies[1].reasoning_content)) == ("23 × 17 = 391.", True)
     assert (replies[2].content, replies[2].reasoning_content) == ("Hello!", None)
+
+
+def test_a_qwen2_5_template_gets_calls_as_objects_and_ignores_the_thinking_switch(tiny_qwen2, tmp_path):
+    """Qwen2.5's template writes arguments with `tojson`: OpenAI's JSON text must reach it as an object."""
+    from conftest import REPO
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "qwen2.5-style"
+    shutil.copytree(tiny_qwen2, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = (REPO / "tests" / "fixtures" / "templates" / "qwen2_5_instruct.jinja").read_text(encoding="utf-8")
+    tokenizer.save_pretrained(folder)
+    engine = QwenInference(str(folder))
+    history = [
+        *QUESTION,
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]  # fmt: skip
+    canonical = [
+        *QUESTION,
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        history[2],
+    ]  # fmt: skip
+    expected = tokenizer.apply_chat_template(canonical, tools=[WEATHER], tokenize=False, add_generation_prompt=True)
+    prompt = decoded(engine, engine.prompt_ids(history, tools=[WEATHER]))
+    assert prompt == expected and CALL in prompt and "You are Qwen" in prompt
+    assert not engine.has_thinking_switch
+    assert engine.prompt_ids(history, tools=[WEATHER], enable_thinking=True) == engine.prompt_ids(history, tools=[WEATHER])
