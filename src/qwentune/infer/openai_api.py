@@ -8,6 +8,7 @@ fields this server cannot honour are refused with a 400 rather than silently ign
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
@@ -60,6 +61,28 @@ def _means_unused(value: Any, unused: tuple) -> bool:
     return any(value == u and isinstance(value, bool) == isinstance(u, bool) for u in unused)
 
 
+def _unpaired_surrogate(data: Any) -> str | None:
+    """Where `data` holds text that is not valid Unicode (JSON's "\\ud800" escape decodes to a lone
+    surrogate, which no tokenizer takes): "messages.0.content", or None."""
+    stack: list[tuple[tuple, Any]] = [((), data)]  # not recursive: nesting depth is the client's choice
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return ".".join(map(str, path)) or None
+        elif isinstance(value, dict):
+            stack += [((*path, key), item) for key, item in value.items()]
+        elif isinstance(value, list):
+            stack += [((*path, index), item) for index, item in enumerate(value)]
+    return None
+
+
+def _accepted(unused: tuple) -> str:
+    return f"leave it out or send {' or '.join(json.dumps(u) for u in unused)}" if unused else "leave it out"
+
+
 class OpenAIRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -72,14 +95,14 @@ class OpenAIRequest(BaseModel):
                 if value is not None and not _means_unused(value, unused):
                     raise PydanticCustomError(
                         "unsupported",
-                        "'{param}' is not supported by this server (got {value})",
-                        {"param": name, "value": repr(value)},
+                        "'{param}' is not supported by this server (got {value}; {accepted})",
+                        {"param": name, "value": repr(value), "accepted": _accepted(unused)},
                     )
         return data
 
 
 class StreamOptions(OpenAIRequest):
-    include_usage: bool = False
+    include_usage: bool = Field(False, strict=True)
 
 
 StopString = Annotated[str, Field(min_length=1)]
@@ -87,19 +110,31 @@ StopString = Annotated[str, Field(min_length=1)]
 
 def _finite(**limits) -> Any:
     """A float field that refuses NaN and ±Infinity with "must be a finite number"."""
-    return Field(None, allow_inf_nan=False, **limits)
+    return Field(None, allow_inf_nan=False, strict=True, **limits)
 
 
 class SamplingRequest(OpenAIRequest):
+    """Numbers and flags are strict, as OpenAI's: "temperature": "1" or true is refused, not converted."""
+
     model: str
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, strict=True)
     temperature: float | None = _finite(ge=0, le=2)
     top_p: float | None = _finite(gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)  # not OpenAI's; vLLM and others accept it
+    top_k: int | None = Field(None, ge=0, strict=True)  # not OpenAI's; vLLM and others accept it
     repetition_penalty: float | None = _finite(ge=MIN_REPETITION_PENALTY)  # likewise
     stop: StopString | list[StopString] | None = Field(None)
-    stream: bool = False
+    stream: bool = Field(False, strict=True)
     stream_options: StreamOptions | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        if (where := _unpaired_surrogate(data)) is not None:
+            raise PydanticCustomError(
+                "invalid_unicode", "text with an unpaired UTF-16 surrogate (such as \\ud800) is not valid Unicode",
+                {"param": where},
+            )  # fmt: skip
+        return data
 
     @model_validator(mode="after")
     def _few_stop_strings(self):
@@ -112,6 +147,11 @@ class SamplingRequest(OpenAIRequest):
     @property
     def requested_tokens(self) -> int | None:
         return self.max_tokens
+
+    @property
+    def tokens_field(self) -> str:
+        """The field `requested_tokens` comes from."""
+        return "max_tokens"
 
     @property
     def include_usage(self) -> bool:
@@ -219,11 +259,15 @@ class ChatCompletionRequest(SamplingRequest):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None  # vLLM's convention: {"enable_thinking": false}
     enable_thinking: bool | None = Field(None, strict=True)  # Alibaba Cloud's (DashScope) convention for Qwen3
-    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
+    max_completion_tokens: int | None = Field(None, ge=1, strict=True)  # OpenAI's newer name for max_tokens
 
     @property
     def requested_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def tokens_field(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
 
     def conversation(self) -> list[dict]:
         return [message.as_message() for message in self.messages]

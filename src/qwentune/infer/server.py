@@ -14,6 +14,7 @@ reads without importing fastapi or torch.
 
 from __future__ import annotations
 
+import math
 from contextlib import asynccontextmanager
 
 import uvicorn
@@ -47,8 +48,11 @@ def _validation_error(exc: RequestValidationError) -> OpenAIError:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         message = f"'{param}' is a required property" if param else "the request needs a JSON object body"
-    elif error["type"] == "finite_number":
-        message = f"{param}: must be a finite number (got {error['input']!r})"
+    elif error["type"] in ("model_attributes_type", "model_type") and tuple(error["loc"]) == ("body",):
+        # a list, a string, or a body not sent as JSON
+        message = "the request body must be a JSON object, sent with 'Content-Type: application/json'"
+    elif isinstance(error.get("input"), float) and not math.isfinite(error["input"]):
+        message = f"{param}: must be a finite number (got {error['input']!r})"  # not "≤ 2" for a NaN
     elif param and not message.startswith(("'", "a '")):
         message = f"{param}: {message}"
     return OpenAIError(400, message, param=param)

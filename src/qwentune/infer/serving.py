@@ -139,8 +139,12 @@ class ClientWatch:
         self.answers.abandon()
 
 
-def token_budget(prompt_tokens: int, requested: int | None, default: int, context: int) -> int:
-    """New tokens a request may generate; OpenAIError when prompt and answer exceed the context."""
+def token_budget(prompt_tokens: int, requested: int | None, default: int, context: int,
+                 param: str = "max_tokens") -> int:  # fmt: skip
+    """New tokens a request may generate; OpenAIError when prompt and answer exceed the context.
+
+    `param`: the field that asked for `requested` tokens (max_tokens or max_completion_tokens).
+    """
     if requested is None:
         if prompt_tokens >= context:
             raise OpenAIError(
@@ -155,9 +159,9 @@ def token_budget(prompt_tokens: int, requested: int | None, default: int, contex
         raise OpenAIError(
             400,
             f"This model's maximum context length is {context} tokens. However, you requested "
-            f"{prompt_tokens + requested} tokens ({prompt_tokens} in the messages, {requested} in the completion). "
-            "Please reduce the length of the messages or completion.",
-            param="max_tokens",
+            f"{prompt_tokens + requested} tokens ({prompt_tokens} in the messages, {requested} in the completion: "
+            f"'{param}'). Please reduce the length of the messages or completion.",
+            param=param,
             code="context_length_exceeded",
         )
     return requested
@@ -251,7 +255,10 @@ class Service:
 
     def settings_for(self, body: SamplingRequest, prompts: list[list[int]]) -> GenerationSettings:
         context = self.engine.context_length
-        budgets = [token_budget(len(ids), body.requested_tokens, self.default_max_tokens, context) for ids in prompts]
+        budgets = [
+            token_budget(len(ids), body.requested_tokens, self.default_max_tokens, context, body.tokens_field)
+            for ids in prompts
+        ]
         # Each prompt gets at most its own room (engine.request caps it); they share the requested number.
         return body.settings(max(budgets))
 
