@@ -78,6 +78,11 @@ def load_causal_lm(
     device_map: dict | str | None = None,
 ):
     path = resolve_model_name(name_or_path)
+    if (Path(path) / "adapter_config.json").is_file():
+        return load_merged_adapter(
+            Path(path), dtype=dtype, quantization_bit=quantization_bit, trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation, device_map=device_map,
+        )
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, **from_pretrained_kwargs(path)}
     if kwargs.get("local_files_only"):
         # AutoModel's look for an adapter config does not inherit local_files_only (transformers 5.x)
@@ -101,6 +106,34 @@ def load_causal_lm(
             "If the Hugging Face hub is unreachable: set HF_ENDPOINT to a mirror, download the model and pass "
             "its folder, or use the embedded demo model (embedded:demo-model)."
         ) from exc
+
+
+def adapter_base(folder: Path) -> str:
+    """The model a LoRA output was trained from; raises UsageError when the folder does not say."""
+    from qwentune.model.checkpoint import base_model_of
+
+    base = base_model_of(folder)
+    if not base:
+        raise UsageError(f"adapter '{folder}' does not name its base model (adapter_config.json base_model_name_or_path)")
+    return base
+
+
+def load_merged_adapter(folder: Path, **load):
+    """A LoRA training output as a plain model, its adapter merged into its base: a later stage (DPO
+    after SFT) trains new adapters on it, and the reference (new adapters disabled) is the SFT model."""
+    from peft import PeftModel
+
+    base = load_causal_lm(adapter_base(folder), **load)
+    with loading(f"the adapter in '{folder}'"):
+        return PeftModel.from_pretrained(base, folder).merge_and_unload()
+
+
+def config_source(name_or_path: str) -> str:
+    """The folder or hub id whose config.json describes the model `load_causal_lm` loads from `name_or_path`."""
+    path = resolve_model_name(name_or_path)
+    if (Path(path) / "adapter_config.json").is_file():
+        return config_source(adapter_base(Path(path)))
+    return path
 
 
 def load_for_inference(

@@ -82,11 +82,11 @@ def meta_model(config: TrainConfig):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from qwentune.assets import resolve_model_name
     from qwentune.model.adapters import FINETUNING_METHODS
+    from qwentune.model.loader import config_source
 
     model_config = AutoConfig.from_pretrained(
-        resolve_model_name(config.model.model_name_or_path), trust_remote_code=config.model.trust_remote_code
+        config_source(config.model.model_name_or_path), trust_remote_code=config.model.trust_remote_code
     )
     # (accelerate's init_empty_weights would leave tied embeddings untied, counting them twice.)
     with torch.device("meta"):
