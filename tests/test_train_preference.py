@@ -217,3 +217,22 @@ def test_dpo_run_learns_the_training_pairs(tmp_path, tiny_qwen2, finetuning, ext
     assert logged[-1]["loss"] < logged[0]["loss"] - 0.01
     assert logged[-1]["rewards/margins"] > 0 and logged[-1]["rewards/accuracies"] == 1.0
     assert (tmp_path / "out" / "preference_curves.png").stat().st_size > 0
+
+
+def test_a_lora_output_loads_merged_into_its_base(training_output, varied_model, one_torch_thread):
+    """A DPO stage started from an SFT LoRA output trains on (and refers to) the SFT model itself."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from qwentune.model.loader import config_source, load_causal_lm
+
+    merged = load_causal_lm(str(training_output))
+    assert not hasattr(merged, "peft_config") and not any("lora" in name for name, _ in merged.named_parameters())
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(varied_model), training_output).eval()
+    plain = AutoModelForCausalLM.from_pretrained(varied_model).eval()
+    input_ids = torch.tensor([[1, 20, 300, 4000, 50000]])
+    with torch.no_grad():
+        expected, got, base = (m(input_ids=input_ids).logits for m in (with_adapter, merged.eval(), plain))
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert not torch.allclose(got, base, atol=1e-3)  # the adapter is in
+    assert config_source(str(training_output)) == str(varied_model)
