@@ -161,3 +161,53 @@ def test_a_live_runs_working_folder_is_never_removed(tmp_path):
     code, printed = finish(preprocess(raw, out))
     assert code == 0 and f"removed {live}" in printed.replace("\n", "")
     assert stage_folders(out) == []
+
+
+def test_sigkill_from_outside_at_random_moments_leaves_one_complete_set(tmp_path):
+    """Kills a real run at seeded random moments spread over its length, the swap included."""
+    import random
+
+    old_raw = make_inputs(tmp_path / "old", ["alpaca.json"])
+    new_raw = tmp_path / "new"
+    new_raw.mkdir()
+    with (new_raw / "many.jsonl").open("w", encoding="utf-8") as handle:
+        for index in range(20_000):
+            handle.write(json.dumps({"instruction": f"question {index}", "output": f"answer {index}"}) + "\n")
+    out = tmp_path / "processed"
+    sets = {}
+    for name, raw in (("new", new_raw), ("old", old_raw)):
+        started = time.monotonic()
+        code, printed = finish(preprocess(raw, out))
+        assert code == 0, printed
+        sets[name], duration = output_set(out), time.monotonic() - started
+    rng = random.Random(10)
+    outcomes = []
+    for _ in range(5):
+        process = preprocess(new_raw, out)
+        time.sleep(rng.uniform(0.2, 1.2) * duration)
+        process.send_signal(signal.SIGKILL)
+        killed = process.wait() == -signal.SIGKILL
+        current = output_set(out)
+        assert current in (sets["old"], sets["new"])
+        outcomes.append(("killed" if killed else "finished", "new" if current == sets["new"] else "old"))
+        if current == sets["new"]:  # back to the old set for the next try
+            assert finish(preprocess(old_raw, out))[0] == 0
+    assert any(kind == "killed" for kind, _ in outcomes), outcomes
+    code, printed = finish(preprocess(new_raw, out))
+    assert code == 0 and output_set(out) == sets["new"] and stage_folders(out) == []
+
+
+def test_too_many_other_entries_fall_back_to_file_by_file(tmp_path, monkeypatch):
+    from qwentune.data import outputs
+
+    monkeypatch.setattr(outputs, "MAX_FOREIGN_ENTRIES", 2)
+    raw = make_inputs(tmp_path / "raw", ["alpaca.json"])
+    out = tmp_path / "processed"
+    config = PreprocessConfig(input_dir=raw, output_dir=out, show_example=False, num_workers=0)
+    assert run_preprocess(config).atomic
+    for index in range(3):
+        (out / f"mine{index}.txt").write_text(str(index))
+    report = run_preprocess(config)
+    assert report.exit_code == 0 and not report.atomic
+    assert sorted(os.listdir(out)) == sorted([*OUTPUT_FILES, "mine0.txt", "mine1.txt", "mine2.txt"])
+    assert stage_folders(out) == [] and (out / "mine2.txt").read_text() == "2"

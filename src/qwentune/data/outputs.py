@@ -178,25 +178,34 @@ def _umask() -> int:
     return umask
 
 
+# More foreign entries than this (an output folder pointed at a project or home folder): replacing
+# the six files one by one is cheaper than mirroring the tree with links.
+MAX_FOREIGN_ENTRIES = 10_000
+
+
 def _link_foreign_entries(folder: Path, stage: Path) -> None:
     """Hard-link every entry of `folder` that is not ours into `stage`, subfolders recreated.
 
-    Raises OSError when an entry cannot be linked (another filesystem inside, no permission):
-    the caller then replaces the files one by one instead of swapping.
+    Raises OSError when an entry cannot be linked (another filesystem inside, no permission) or
+    there are more than MAX_FOREIGN_ENTRIES: the caller then replaces the files one by one.
     """
+    budget = [MAX_FOREIGN_ENTRIES]
     for entry in os.scandir(folder):
         if entry.name in OUTPUT_FILES or entry.name.startswith(STAGE_INSIDE):
             continue
-        _link_tree(Path(entry.path), stage / entry.name)
+        _link_tree(Path(entry.path), stage / entry.name, budget)
 
 
-def _link_tree(source: Path, target: Path) -> None:
+def _link_tree(source: Path, target: Path, budget: list[int]) -> None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise OSError(errno.EFBIG, f"more than {MAX_FOREIGN_ENTRIES} other entries in the output folder")
     if source.is_dir() and not source.is_symlink():
         if os.stat(source).st_dev != os.stat(source.parent).st_dev:
             raise OSError(errno.EXDEV, "a mount point inside the output folder", str(source))
         target.mkdir()
-        shutil.copystat(source, target, follow_symlinks=False)
         for entry in os.scandir(source):
-            _link_tree(Path(entry.path), target / entry.name)
+            _link_tree(Path(entry.path), target / entry.name, budget)
+        shutil.copystat(source, target, follow_symlinks=False)  # after filling it: its times stay the source's
     else:
         os.link(source, target, follow_symlinks=False)
