@@ -211,3 +211,13 @@ def test_too_many_other_entries_fall_back_to_file_by_file(tmp_path, monkeypatch)
     assert report.exit_code == 0 and not report.atomic
     assert sorted(os.listdir(out)) == sorted([*OUTPUT_FILES, "mine0.txt", "mine1.txt", "mine2.txt"])
     assert stage_folders(out) == [] and (out / "mine2.txt").read_text() == "2"
+
+
+def test_an_output_dir_that_is_a_file_is_a_usage_error(tmp_path):
+    from qwentune.errors import UsageError
+
+    raw = make_inputs(tmp_path / "raw", ["alpaca.json"])
+    (tmp_path / "notes").write_text("mine\n")
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        run_preprocess(PreprocessConfig(input_dir=raw, output_dir=tmp_path / "notes", show_example=False))
+    assert (tmp_path / "notes").read_text() == "mine\n"

@@ -31,6 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 from qwentune.data.inputs import OUTPUT_FILES
+from qwentune.errors import UsageError
 from qwentune.fsutil import WorkDir, exchange, fault_point, fsync_dir
 
 # Where a killed run's staging folder of OUTPUT lies: in OUTPUT's parent (the swap) or inside OUTPUT.
@@ -62,6 +63,8 @@ class OutputSet:
 
     def _open_stage(self) -> None:
         folder = self.folder
+        if folder.exists() and not folder.is_dir():  # a swap would trade the user's file away
+            raise UsageError(f"output_dir: {folder} is a file, not a folder", advice="give a folder for the outputs")
         folder.parent.mkdir(parents=True, exist_ok=True)
         self.cleaned = WorkDir.remove_stale(folder.parent, stage_prefix(folder))
         if folder.is_dir():
