@@ -94,3 +94,22 @@ def test_a_branch_that_moved_is_a_new_version_and_says_so(tmp_path, hub):
     assert (folder / "train.jsonl").read_bytes() == b'{"q": "main 2"}\n'
     record = json.loads((folder / "source.json").read_text())
     assert record["revision"] == MAIN_2 and record["files"][0]["sha256"] == _sha256(b'{"q": "main 2"}\n')
+
+
+def test_a_url_that_now_serves_other_bytes_is_refused(tmp_path, hub):
+    hub.plain["data.jsonl"] = b'{"instruction": "q", "output": "a"}\n'
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(f"web:\n  source:\n    url: {hub.url}/files/data.jsonl\n", encoding="utf-8")
+    assert run_door(tmp_path, hub.url, "--registry", str(registry), "--datasets", "web").returncode == 0
+    placed = tmp_path / "raw" / "web" / "data.jsonl"
+    hub.plain["data.jsonl"] = b'{"instruction": "q", "output": "changed"}\n'
+    shutil.rmtree(tmp_path / "qwentune_cache")  # no cached copy: fetched again
+    done = run_door(tmp_path, hub.url, "--registry", str(registry), "--datasets", "web")
+    assert done.returncode == 1
+    assert "for the same URL; the file was not replaced" in " ".join((done.stdout + done.stderr).split())
+    assert placed.read_bytes() == b'{"instruction": "q", "output": "a"}\n'
+    # --max_samples changes what is placed, so it is a different download: no check, no error.
+    assert (
+        run_door(tmp_path, hub.url, "--registry", str(registry), "--datasets", "web", "--max_samples", "1").returncode
+        == 0
+    )
