@@ -90,3 +90,11 @@ def test_nothing_is_streamed_before_it_is_decided():
     assert [(d.kind, d.text) for d in thinking.feed("<think>\nstep one\n")] == [("reasoning", "step one")]
     assert [(d.kind, d.text) for d in thinking.feed("step two\n</th")] == [("reasoning", "\nstep two")]
     assert [(d.kind, d.text) for d in thinking.feed("ink>\n\nDone")] == [("content", "Done")]
+
+
+def test_with_one_call_allowed_later_calls_stay_text():
+    second = CALL.replace("get_weather", "get_time")
+    reply, _ = parse_whole(CALL + "\n" + second, tool_names=TOOLS, max_calls=1)
+    assert [c.name for c in reply.tool_calls] == ["get_weather"] and reply.content == second
+    for seed in range(10):
+        assert summary(parse_in_pieces(CALL + "\n" + second, seed, tool_names=TOOLS, max_calls=1)[0]) == summary(reply)

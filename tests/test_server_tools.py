@@ -168,6 +168,11 @@ def test_parallel_calls_and_text_before_them(client):
     content, _, calls, finish, _ = streamed(client, messages=ask, tools=[WEATHER, CLOCK])
     assert content == "Checking both." and finish == "tool_calls"
     assert [(c["name"], json.loads(c["arguments"])) for c in calls] == [("get_weather", {"city": "Paris"}), ("get_time", {})]
+    # parallel_tool_calls=false: one call; the model's second block comes back as the text it wrote.
+    single = client.chat.completions.create(model=MODEL, messages=ask, tools=[WEATHER, CLOCK], parallel_tool_calls=False)
+    message = single.choices[0].message
+    assert [c.function.name for c in message.tool_calls] == ["get_weather"] and single.choices[0].finish_reason == "tool_calls"
+    assert message.content == 'Checking both.<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
 
 
 def test_an_unparseable_call_comes_back_as_content(client):

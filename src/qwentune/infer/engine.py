@@ -110,9 +110,11 @@ class Prompt:
     prefill: str = ""  # the start of the reply, written into the prompt (a forced call's head)
     thinking_open: bool = False  # the prompt ends inside a think block: the reply starts with reasoning
     tool_names: frozenset[str] | None = None  # functions the reply may call; None: calls are not parsed
+    max_calls: int | None = None  # 1 when parallel calls are not wanted
 
     def parser(self, parse_calls: bool = True) -> ReplyParser:
-        return ReplyParser(thinking_open=self.thinking_open, tool_names=self.tool_names if parse_calls else None)
+        names = self.tool_names if parse_calls else None
+        return ReplyParser(thinking_open=self.thinking_open, tool_names=names, max_calls=self.max_calls)
 
     def reply(self, completion: Completion, parse_calls: bool = True) -> Reply:
         parser = self.parser(parse_calls)
@@ -187,8 +189,11 @@ class QwenInference:
         tools: list[dict] | None = None,
         tool_choice: ToolChoice = "auto",
         enable_thinking: bool | None = None,
+        parallel_tool_calls: bool = True,
     ) -> Prompt:
         """The prompt in the chat template with its tools and thinking switch (see the module docstring).
+
+        `parallel_tool_calls=False`: only the reply's first call is read as a call (later ones stay text).
 
         Raises ValueError (ToolCallError for malformed tools or calls) naming what is wrong.
         """
@@ -212,6 +217,7 @@ class QwenInference:
             prefill=prefill,
             thinking_open=not prefill and text.rstrip().endswith(THINK_OPEN),
             tool_names=frozenset(names) if offered else None,
+            max_calls=None if parallel_tool_calls else 1,
         )
 
     def request(self, prompt_ids: list[int], settings: GenerationSettings, **listeners) -> GenerationRequest:
@@ -275,7 +281,7 @@ class QwenInference:
     @staticmethod
     def _split_options(options: dict) -> tuple[dict, GenerationSettings]:
         """Prompt options (tools, tool_choice, enable_thinking) apart from generation settings (checked now)."""
-        names = ("tools", "tool_choice", "enable_thinking")
+        names = ("tools", "tool_choice", "enable_thinking", "parallel_tool_calls")
         prompt_options = {k: options.pop(k) for k in names if k in options}
         return prompt_options, GenerationSettings(**options)
 

@@ -259,6 +259,7 @@ class ChatCompletionRequest(SamplingRequest):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None  # vLLM's convention: {"enable_thinking": false}
     enable_thinking: bool | None = Field(None, strict=True)  # Alibaba Cloud's (DashScope) convention for Qwen3
+    parallel_tool_calls: bool = Field(True, strict=True)  # false: at most one call per reply
     max_completion_tokens: int | None = Field(None, ge=1, strict=True)  # OpenAI's newer name for max_tokens
 
     @property
@@ -301,6 +302,7 @@ class ChatCompletionRequest(SamplingRequest):
             "tools": [tool.model_dump(exclude_none=True) for tool in self.tools or []],
             "tool_choice": choice.model_dump() if isinstance(choice, NamedToolChoice) else choice,
             "enable_thinking": thinking if thinking is not None else self.enable_thinking,
+            "parallel_tool_calls": self.parallel_tool_calls,
         }
 
 

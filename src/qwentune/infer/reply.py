@@ -90,11 +90,15 @@ class ReplyParser:
 
     `thinking_open`: the prompt already opened the think block, so the reply starts with reasoning.
     `tool_names`: the functions the reply may call; None leaves call blocks in the answer unparsed.
+    `max_calls`: the most calls read (OpenAI's parallel_tool_calls=false: one); later blocks stay text.
     """
 
-    def __init__(self, *, thinking_open: bool = False, tool_names: frozenset[str] | None = None):
+    def __init__(
+        self, *, thinking_open: bool = False, tool_names: frozenset[str] | None = None, max_calls: int | None = None
+    ):
         self.mode = "reasoning" if thinking_open else "start"
         self.tool_names = tool_names
+        self.max_calls = max_calls
         self.pending = ""  # received, not yet handed out
         self.reasoning_begun = False
         self.calls = 0
@@ -180,7 +184,7 @@ class ReplyParser:
                 self.pending = ""
             return False
         body, self.pending = self.pending[:end], self.pending[end + len(CALL_CLOSE) :]
-        call = parse_call(body, self.tool_names)
+        call = parse_call(body, self.tool_names) if self.max_calls is None or self.calls < self.max_calls else None
         if call is None:
             out.append(Delta("content", CALL_OPEN + body + CALL_CLOSE))
         else:
