@@ -228,3 +228,19 @@ def test_help_imports_no_heavy_library(door, stage):
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen["usage"]
     assert [m for m in seen["heavy"] if "." not in m] == []
+
+
+@pytest.mark.parametrize(
+    "command, key",
+    [
+        (["train", "--config", "config/training_config.yaml", "training.output_dir={blocked}/out"], "training.output_dir"),
+        (["evaluate", "--config", "config/eval_config.yaml", "output.results_dir={blocked}/eval"], "output.results_dir"),
+        (["download", "--offline", "--output_dir", "{blocked}/raw"], "--output_dir"),
+    ],
+)
+def test_an_output_folder_that_cannot_be_made_stops_before_work(tmp_path, capsys, command, key):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    assert main([word.format(blocked=blocked) for word in command]) == EXIT_USAGE
+    err = stderr_of(capsys)
+    assert f"error: {key}: cannot create the folder {blocked}/" in err and "Traceback" not in err

@@ -43,7 +43,7 @@ from qwentune.console import console, notice
 from qwentune.data.registry import DEMO_DATASET, DatasetEntry, FileSpec, Registry, load_registry, registry_listing
 from qwentune.errors import RunFailed, UsageError
 from qwentune.fsutil import atomic_write
-from qwentune.paths import RAW_DATA_DIR, cache_dir
+from qwentune.paths import RAW_DATA_DIR, cache_dir, writable_folder
 
 
 class DownloadError(RunFailed, RuntimeError):
@@ -503,6 +503,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     registry = load_registry(*([args.registry] if args.registry else []))
+    if not args.list:
+        writable_folder(args.output_dir, "--output_dir")
     if args.list:
         console.print(registry_listing(registry, console.width))
         return 0

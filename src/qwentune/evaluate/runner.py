@@ -27,6 +27,7 @@ from qwentune.console import console, notice
 from qwentune.data.reasoning import THINK_CLOSE
 from qwentune.data.toolcalls import call_text
 from qwentune.evaluate.preference import PREFERENCE_DEFINITIONS, pair_margins, preference_values
+from qwentune.paths import writable_folder
 
 TUNED, BASE = "tuned", "base"
 
@@ -315,7 +316,7 @@ def run_evaluation(config: EvalConfig) -> dict:
     started = time.time()
     for line in config.inert_settings():
         notice(line)
-    results_dir = Path(config.output.results_dir)
+    results_dir = writable_folder(config.output.results_dir, "output.results_dir")
     datasets = {}
     for dataset in config.datasets:
         samples = load_samples(dataset.path, dataset.name, dataset.max_samples)

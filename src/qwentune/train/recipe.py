@@ -16,6 +16,7 @@ from qwentune.config.base import ConfigError, load_config
 from qwentune.config.training import TrainConfig
 from qwentune.console import console, notice
 from qwentune.errors import UsageError
+from qwentune.paths import writable_folder
 from qwentune.train.debug import DEBUG_SAMPLES, DEBUG_STEPS
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ def run_training(
     if debug:
         config = debug_config(config)
         console.print(f"[bold]Debug run[/bold]: {DEBUG_SAMPLES} samples, {DEBUG_STEPS} steps, output in {config.training.output_dir}")
-    output_dir = Path(config.training.output_dir)
+    output_dir = writable_folder(config.training.output_dir, "training.output_dir")
+    writable_folder(config.training.logging_dir, "training.logging_dir")
     resume = resolve_resume(resume_from_checkpoint, output_dir)
     run = start_run(config, deepspeed)
     for line in inert:
