@@ -396,3 +396,10 @@ def test_url_entry_resumes_a_partial_file_then_serves_it_from_the_cache(tmp_path
                           "--output_dir", str(out)) == 0
     assert hub.requests == []
     assert _source_json(out / "web")["rows"] == 4
+
+
+def test_a_registry_file_that_is_not_utf8_is_named(tmp_path, capsys):
+    registry = tmp_path / "mine.yaml"
+    registry.write_bytes("mine:\n  description: caf\xe9\n  source: {local: x.jsonl}\n".encode("latin-1"))
+    assert run_in_process("--registry", str(registry), "--list") == 2
+    assert f"registry file {registry} is not UTF-8 text" in capsys.readouterr().err

@@ -151,7 +151,10 @@ class Registry:
 def _read_mapping(path: Path) -> dict:
     if not path.is_file():
         raise RegistryError(f"registry file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RegistryError(f"registry file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

@@ -86,7 +86,7 @@ def resolve_deepspeed(config_file: str | None, config: TrainConfig) -> str | dic
             raise ConfigError(f"--deepspeed: no such file {config_file} (shipped: config/deepspeed/zero2.json, zero3.json)")
         try:  # a broken file fails here, not deep inside DeepSpeed
             json.loads(Path(config_file).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"--deepspeed {config_file} is not valid JSON: {exc}") from exc
         return config_file
     stage = config.mindspeed.zero_stage
