@@ -7,7 +7,7 @@ Endpoints: POST /v1/chat/completions and /v1/completions (streamed as server-sen
 Without a temperature a request is answered greedily (deterministic), unlike OpenAI's default of 1.
 
 The server is three modules, as LLaMA-Factory's api: this one (routes, HTTP checks),
-`openai_api` (the protocol: typed requests and responses) and `serving` (the chat logic:
+`openai_api` + `openai_responses` (the protocol: typed requests and responses) and `serving` (the chat logic:
 prompts, the generation worker, responses). Its command line is `serve_cli`, which `--help`
 reads without importing fastapi or torch.
 """
@@ -27,10 +27,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from qwentune.infer.openai_api import (
     ChatCompletionRequest,
     CompletionRequest,
-    ModelList,
     OpenAIError,
     field_path,
 )
+from qwentune.infer.openai_responses import ModelList
 from qwentune.infer.serving import Service
 from qwentune.infer.settings import DEFAULT_MAX_BODY_MB, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_PROMPTS
 

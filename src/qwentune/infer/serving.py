@@ -1,7 +1,7 @@
 """The server's chat logic: an OpenAI request becomes prompts, generation on the worker, and a response.
 
 Routes (qwentune.infer.server) call only this; request and response shapes live in
-qwentune.infer.openai_api. Two rules hold for every request:
+qwentune.infer.openai_api and qwentune.infer.openai_responses. Two rules hold for every request:
 
 - CPU work stays off the event loop: prompts are tokenized on a thread (a 5 MB prompt takes
   seconds to tokenize, and meanwhile the loop must answer /health and other clients).
@@ -31,22 +31,24 @@ from qwentune.data.toolcalls import ToolCallError
 from qwentune.infer.decoding import Completion
 from qwentune.infer.engine import Prompt
 from qwentune.infer.openai_api import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    FunctionCall,
+    OpenAIError,
+    SamplingRequest,
+    ToolCall,
+)
+from qwentune.infer.openai_responses import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
     ChatCompletion,
     ChatCompletionChunk,
-    ChatCompletionRequest,
     ChatDelta,
     CompletionChoice,
-    CompletionRequest,
-    FunctionCall,
     FunctionDelta,
     ModelCard,
-    OpenAIError,
-    SamplingRequest,
     TextCompletion,
-    ToolCall,
     ToolCallDelta,
     Usage,
 )
