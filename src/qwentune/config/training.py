@@ -62,7 +62,10 @@ class DataConfig(StrictModel):
         return self
 
 
-_PREFERENCE_KEYS = ("pref_loss", "pref_beta", "pref_label_smoothing", "simpo_gamma", "orpo_lambda", "precompute_ref_logprobs")
+_PREFERENCE_KEYS = (
+    "pref_loss", "pref_beta", "pref_label_smoothing", "simpo_gamma", "orpo_lambda", "precompute_ref_logprobs",
+    "kto_desirable_weight", "kto_undesirable_weight",
+)
 
 
 class TrainingConfig(StrictModel):
@@ -103,8 +106,9 @@ class TrainingConfig(StrictModel):
     load_best_model_at_end: bool = False
     # "tensorboard" writes event files to logging_dir; other Trainer integrations (wandb, ...) pass through.
     report_to: list[str] = ["tensorboard"]
-    # What is trained: sft (conversations), dpo (preference pairs; see pref_loss). docs/training.md.
-    stage: Literal["sft", "dpo"] = "sft"
+    # What is trained: sft (conversations), dpo (preference pairs; see pref_loss), kto (replies labelled
+    # desirable or not). docs/training.md.
+    stage: Literal["sft", "dpo", "kto"] = "sft"
     # stage dpo: sigmoid (DPO), ipo, hinge (SLiC), simpo or orpo (reference-free). None: sigmoid.
     pref_loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] | None = None
     # DPO/IPO/hinge/SimPO temperature β: how far the policy may move from the reference.
@@ -118,6 +122,9 @@ class TrainingConfig(StrictModel):
     # sigmoid/ipo/hinge: reference log-probs computed once before training instead of a reference
     # forward each step (LoRA: the adapters disabled; full/freeze: no frozen copy kept in memory).
     precompute_ref_logprobs: bool = False
+    # kto: loss weights of desirable and undesirable replies (raise the rarer side's to balance them).
+    kto_desirable_weight: float = Field(1.0, gt=0)
+    kto_undesirable_weight: float = Field(1.0, gt=0)
 
     @model_validator(mode="after")
     def _one_precision(self):
@@ -139,10 +146,12 @@ class TrainingConfig(StrictModel):
     def _preference_keys_fit_the_stage(self):
         given = self.model_fields_set
         loss = self.pref_loss or "sigmoid"
-        if self.stage == "sft":
-            for key in _PREFERENCE_KEYS:
-                if key in given:
-                    raise ValueError(f"training.{key} applies to training.stage dpo, but training.stage is 'sft'")
+        stage_keys = {"sft": (), "dpo": _PREFERENCE_KEYS[:6], "kto": ("pref_beta", *_PREFERENCE_KEYS[6:])}
+        for key in _PREFERENCE_KEYS:
+            if key in given and key not in stage_keys[self.stage]:
+                stages = " or ".join(stage for stage, keys in stage_keys.items() if key in keys)
+                raise ValueError(f"training.{key} applies to training.stage {stages}, but training.stage is '{self.stage}'")
+        if self.stage != "dpo":
             return self
         only = {
             "simpo_gamma": ("simpo",),
@@ -169,8 +178,12 @@ class LoraConfig(StrictModel):
     r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.1, ge=0, lt=1)
-    # Module names, or the string "all-linear".
+    # Module names, or the string "all-linear": every nn.Linear of the decoder (attention, dense MLP,
+    # linear-attention projections) except the LM head and MoE routers; experts are not linear modules.
     target_modules: list[str] | Literal["all-linear"] = ["q_proj", "v_proj"]
+    # Parameters adapted by name with peft's parameter LoRA: MoE experts, stored by transformers 5 as fused
+    # 3-D tensors, e.g. ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]. Needs lora_dropout: 0.
+    target_parameters: list[str] = []
     use_rslora: bool = False
     use_dora: bool = False
 

@@ -8,20 +8,60 @@ from __future__ import annotations
 
 import torch
 
+from qwentune.config.base import ConfigError
 from qwentune.config.training import TrainConfig
 from qwentune.errors import UsageError
+
+
+def _names_peft_maps_to_experts(model) -> set[str]:
+    """Leaf names that peft (0.18+) re-targets onto fused MoE expert tensors for this model type.
+
+    For transformers-4 compatibility peft reads `gate_proj`/`up_proj`/`down_proj`/`gate` on a Qwen3-MoE
+    or Qwen3-Next model as the experts and the router, whatever module they name (a shared expert's
+    `down_proj` included). Its table is private, so a peft without it maps nothing.
+    """
+    try:
+        from peft.utils.transformers_weight_conversion import _MODEL_TO_CONVERSION_PATTERN, _MOE_TARGET_MODULE_MAPPING
+    except ImportError:
+        return set()
+    pattern = _MODEL_TO_CONVERSION_PATTERN.get(getattr(model.config, "model_type", None))
+    return set(_MOE_TARGET_MODULE_MAPPING.get(pattern, {}))
+
+
+def all_linear_modules(model) -> list[str]:
+    """The names `lora.target_modules: all-linear` stands for: each nn.Linear but the LM head.
+
+    Resolved here rather than by peft's "all-linear", which on a Qwen3-MoE or Qwen3-Next model also
+    wraps the router and the fused experts in parameter adapters: they refuse lora_dropout (default
+    0.1), and routing would train. Experts are opt-in (lora.target_parameters); names peft would read
+    as experts (a shared expert's projections on those models) are left out.
+    """
+    head = model.get_output_embeddings()
+    linear = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head and "lora_" not in name
+    }
+    return sorted(linear - _names_peft_maps_to_experts(model))
 
 
 def apply_lora(model, config: TrainConfig):
     from peft import LoraConfig, get_peft_model
 
     lora = config.lora
+    if lora.target_parameters and lora.lora_dropout:
+        raise ConfigError(
+            f"lora.target_parameters {lora.target_parameters} needs lora.lora_dropout: 0 "
+            f"(peft's parameter adapters have no dropout; it is {lora.lora_dropout})"
+        )
+    target_modules = all_linear_modules(model) if lora.target_modules == "all-linear" else lora.target_modules
     peft_config = LoraConfig(
         task_type="CAUSAL_LM",
         r=lora.r,
         lora_alpha=lora.lora_alpha,
         lora_dropout=lora.lora_dropout,
-        target_modules=lora.target_modules,
+        target_modules=target_modules,
+        target_parameters=lora.target_parameters or None,
         use_rslora=lora.use_rslora,
         use_dora=lora.use_dora,
     )
@@ -84,6 +124,10 @@ def prepare_for_finetuning(model, config: TrainConfig, *, fp32_trainable: bool =
     # Training needs no KV cache; and with one, transformers stops reading packed position_ids as
     # example boundaries (sdpa/eager would attend across examples).
     model.config.use_cache = False
+    # MoE: the router's load-balancing loss joins the LM loss with the model's own router_aux_loss_coef
+    # (released Qwen3-MoE configs ship output_router_logits false, which suits inference only).
+    if getattr(model.config, "router_aux_loss_coef", None):
+        model.config.output_router_logits = True
     model = FINETUNING_METHODS[config.training.finetuning_type](model, config)
     if fp32_trainable:
         for parameter in model.parameters():

@@ -74,6 +74,29 @@ class ThroughputCallback(TrainerCallback):
         }
 
 
+class RouterLossCallback(TrainerCallback):
+    """Adds `router_aux_loss` (an MoE model's load-balancing loss, before its coefficient) to training logs.
+
+    The logged `loss` already includes `router_aux_loss_coef * router_aux_loss`; this shows how
+    balanced the routing is. Reads each training forward's output through a hook on the model.
+    """
+
+    def __init__(self, model):
+        self._values: list[float] = []
+        model.register_forward_hook(self._record)
+
+    def _record(self, module, args, output):
+        aux_loss = getattr(output, "aux_loss", None)
+        if module.training and aux_loss is not None:
+            self._values.append(float(aux_loss.detach()))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or "loss" not in logs or not self._values:
+            return
+        logs["router_aux_loss"] = round(sum(self._values) / len(self._values), 6)
+        self._values = []
+
+
 class LogFileCallback(TrainerCallback):
     """Every logged value (loss, lr, grad norm, tokens/s, eval loss) also goes to the training log."""
 

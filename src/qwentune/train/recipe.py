@@ -228,7 +228,7 @@ def build_model(run: Run):
     """The model with its attention for the batching, prepared for the fine-tuning method."""
     from qwentune.model.adapters import count_parameters, prepare_for_finetuning
     from qwentune.model.loader import load_causal_lm
-    from qwentune.train.attention import packed_attention
+    from qwentune.train.attention import isolate_linear_attention, packed_attention
     from qwentune.train.distributed import join_deepspeed_processes
 
     config = run.config
@@ -244,6 +244,9 @@ def build_model(run: Run):
         trust_remote_code=config.model.trust_remote_code,
         attn_implementation=attention,
     )
+    if config.data.batching == "packed":
+        # Hybrid models' linear-attention layers would carry state across the row's examples.
+        model = isolate_linear_attention(model)
     model = prepare_for_finetuning(model, config, fp32_trainable=run.precision.fp16)
     trainable, total = count_parameters(model)
     run.logger.info("parameters trainable %d total %d attention %s", trainable, total, attention)
@@ -256,7 +259,12 @@ def build_trainer(run: Run, arguments, model, tokenizer, train_split, eval_split
 
     from qwentune.data.dataset import ExampleDataset
     from qwentune.train.arguments import make_collator
-    from qwentune.train.callbacks import CheckpointFilesCallback, LogFileCallback, ThroughputCallback
+    from qwentune.train.callbacks import (
+        CheckpointFilesCallback,
+        LogFileCallback,
+        RouterLossCallback,
+        ThroughputCallback,
+    )
     from qwentune.train.debug import describe_batch
     from qwentune.train.progress import RichProgressCallback
 
@@ -270,7 +278,7 @@ def build_trainer(run: Run, arguments, model, tokenizer, train_split, eval_split
         from qwentune.train.preference import preference_parts
 
         train_dataset, eval_dataset, collator, trainer_class, stage_arguments = preference_parts(
-            run.config, model, tokenizer, train_split, eval_split, shape.accepts_logits_to_keep, arguments
+            run.config, model, tokenizer, train_split, eval_split, shape.logits_selection, arguments
         )
     if debug:
         run.say(f"  {describe_batch(collator([train_dataset[i] for i in range(min(2, len(train_dataset)))]))}", soft_wrap=True)
@@ -280,6 +288,8 @@ def build_trainer(run: Run, arguments, model, tokenizer, train_split, eval_split
         CheckpointFilesCallback(model, tokenizer, meta, keep=training.save_total_limit),
         RichProgressCallback(),
     ]
+    if getattr(model.config, "output_router_logits", False):
+        callbacks.insert(1, RouterLossCallback(model))  # before the callbacks that write logs out
     if "tensorboard" in training.report_to and run.main:
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback

@@ -1,0 +1,87 @@
+"""Qwen3-MoE and hybrid Qwen3.5 end to end through the guide's doors: train -> inference -> export -> plain transformers.
+
+Recipe-level, like tests/test_end_to_end.py: each door runs as a user runs it (a subprocess), on
+a tiny model built from the architecture's config with the real Qwen tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from test_train_recipe import write_data
+
+# Only transformers reads the exported folder: no qwentune on the path.
+PLAIN_TRANSFORMERS = """
+import json, sys
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder = sys.argv[1]
+tokenizer = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForCausalLM.from_pretrained(folder)
+ids = tokenizer.apply_chat_template([{"role": "user", "content": "the cat"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+output = model.generate(**ids, max_new_tokens=6, do_sample=False)
+print(json.dumps({"class": type(model).__name__, "model_type": model.config.model_type, "new_tokens": output.shape[1] - ids["input_ids"].shape[1]}))
+"""
+
+
+def door(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+    assert result.returncode == 0, f"{args[0]} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+# The MoE run also adapts the fused experts (peft's parameter LoRA, which takes no dropout).
+EXPERTS = ["lora.target_parameters=[mlp.experts.gate_up_proj,mlp.experts.down_proj]", "lora.lora_dropout=0"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("architecture", "overrides"), [("qwen3_5", []), ("qwen3_moe", EXPERTS)], ids=["qwen3_5", "qwen3_moe"])
+def test_lora_run_infers_exports_and_loads_in_plain_transformers(tmp_path, tiny_new_model, architecture, overrides):
+    model = tiny_new_model(architecture)
+    train_file, validation_file = write_data(tmp_path / "data", train=12, validation=2)
+    out = tmp_path / "out"
+    config = tmp_path / "train.yaml"
+    config.write_text(f"model:\n  model_name_or_path: {model}\n", encoding="utf-8")
+    result = door(
+        str(REPO / "scripts" / "train.py"),
+        "--config",
+        str(config),
+        f"data.train_file={train_file}",
+        f"data.validation_file={validation_file}",
+        "data.max_seq_length=128",
+        f"training.output_dir={out}",
+        f"training.logging_dir={tmp_path / 'logs'}",
+        "training.per_device_train_batch_size=4",
+        "training.learning_rate=1e-3",
+        "training.max_steps=3",
+        "training.save_steps=3",
+        "training.logging_steps=1",
+        "mindspeed.zero_stage=0",
+        "lora.target_modules=all-linear",
+        *overrides,
+        cwd=tmp_path,
+    )
+    assert "data.batching grouped" not in result.stdout  # packed: exact for these models
+    meta = json.loads((out / "qwentune_meta.json").read_text())
+    assert meta["train_summary"]["global_step"] == 3
+    steps = [json.loads(line[line.index("{") :]) for line in (tmp_path / "logs" / "training.log").read_text().splitlines() if " INFO step " in line]
+    # An MoE's load-balancing loss is logged beside the loss it is part of.
+    steps = [step for step in steps if "loss" in step]
+    assert len(steps) == 3 and all(("router_aux_loss" in step) == (architecture == "qwen3_moe") for step in steps)
+    if overrides:
+        adapter = json.loads((out / "adapter_config.json").read_text())
+        assert set(adapter["target_parameters"]) == {"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}
+    # A random tiny model's words are noise: the door must load the adapter on its base and answer (exit 0).
+    door(str(REPO / "scripts" / "inference.py"), "--model_path", str(out), "--input", "the cat", "--max_length", "6", cwd=tmp_path)
+    merged = tmp_path / "merged"
+    door("-m", "qwentune.cli", "export", "--model_path", str(out), "--output_dir", str(merged), cwd=tmp_path)
+    loaded = json.loads(door("-c", PLAIN_TRANSFORMERS, str(merged), cwd=merged).stdout.strip().splitlines()[-1])
+    assert loaded["model_type"] == json.loads((Path(model) / "config.json").read_text())["model_type"]
+    assert loaded["new_tokens"] >= 1
