@@ -535,3 +535,19 @@ def test_records_that_differ_only_in_their_calls_are_not_duplicates():
     assert content_key(convert("sharegpt", GLAIVE)) != content_key(convert("sharegpt", other))
     same = convert("sharegpt", copy.deepcopy(GLAIVE))
     assert content_key(convert("sharegpt", GLAIVE)) == content_key(same)
+
+
+def test_training_encodes_records_with_their_tools_and_the_thinking_key(qwen3):
+    from qwentune.config.base import ConfigError, load_config
+    from qwentune.config.training import TrainConfig
+    from qwentune.data.dataset import encode_records
+
+    record = json.loads(convert("sharegpt", GLAIVE).to_json())
+    record["messages"][-1]["reasoning_content"] = "The tool said 21."
+    [auto] = encode_records([record], qwen3, max_length=1024).examples
+    [off] = encode_records([record], qwen3, max_length=1024, thinking="off").examples
+    assert trained_pieces(qwen3, auto) == [CALL_TEXT, "<think>\nThe tool said 21.\n</think>\n\nIt is 21 degrees in Paris.<|im_end|>"]
+    assert trained_pieces(qwen3, off) == [CALL_TEXT, "It is 21 degrees in Paris.<|im_end|>"]
+    assert '"name": "get_weather", "description"' in qwen3.decode(off.input_ids)  # the definitions are rendered
+    with pytest.raises(ConfigError, match="'data.thinking': Input should be 'auto', 'on' or 'off'"):
+        load_config(TrainConfig, None, ["data.thinking=yes"])
