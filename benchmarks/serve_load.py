@@ -3,11 +3,20 @@
     python benchmarks/serve_load.py                                  # demo model, 8 clients, 32 requests
     python benchmarks/serve_load.py --max_batch_size 1               # the same without batching
     python benchmarks/serve_load.py --model_path ./results/checkpoints --requests 64 --max_tokens 128
+    python benchmarks/serve_load.py --scenario disconnect --requests 16   # half the clients give up
 
 Starts the server in its own process (so the clients do not compete with it for the GIL) on
 127.0.0.1 and a free port, sends a fixed number of streaming chat requests from `--clients`
 concurrent clients, then prints the setup, completed requests, errors, generated tokens per
 second, and latency percentiles (whole answer and first token). Every wait is bounded.
+
+`--scenario disconnect` runs two phases against the same server, side by side: half the
+clients alone, then the same with the other half asking for long answers (`--abandon_max_tokens`)
+and leaving after `--abandon_after` seconds (alternately a non-streamed request that times out
+and a stream closed mid-answer), until the first half is done. It prints the latency of the
+clients that stayed in both phases, and from the server's /health counters the requests
+abandoned, the tokens generated for them after their client left, and how long the worker
+stayed busy once every client was gone.
 """
 
 from __future__ import annotations
@@ -126,48 +135,166 @@ async def run_clients(
         return results, time.perf_counter() - started
 
 
+async def abandoned_request(client: httpx.AsyncClient, number: int, max_tokens: int, after: float) -> None:
+    """A long request whose client leaves after `after` seconds: even numbers wait for a whole answer
+    (and time out), odd numbers stream it (and close the stream)."""
+    body = {"model": "bench", "messages": [{"role": "user", "content": QUESTIONS[number % len(QUESTIONS)]}],
+            "max_tokens": max_tokens, "stream": bool(number % 2)}  # fmt: skip
+    try:
+        if number % 2 == 0:
+            await client.post("/v1/chat/completions", json=body, timeout=after)
+            raise RuntimeError("an abandoned request was answered in full before its client left")
+        started = time.perf_counter()
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            async for _ in response.aiter_lines():
+                if time.perf_counter() - started > after:
+                    break
+    except httpx.TimeoutException:
+        pass
+
+
+async def run_with_leavers(
+    base_url: str, keepers: int, leavers: int, requests: int, args
+) -> tuple[list[Result], float, int]:
+    """`keepers` clients share `requests` requests while `leavers` clients abandon long ones until they are done."""
+    numbers = iter(range(requests))
+    results: list[Result] = []
+    done = asyncio.Event()
+    left = 0
+
+    async def keeper(client: httpx.AsyncClient) -> None:
+        for number in numbers:
+            results.append(await one_request(client, number, args.max_tokens))
+
+    async def leaver(client: httpx.AsyncClient, first: int) -> None:
+        nonlocal left
+        number = first
+        while not done.is_set():
+            await abandoned_request(client, number, args.abandon_max_tokens, args.abandon_after)
+            left += 1
+            number += leavers
+
+    limits = httpx.Limits(max_connections=keepers + leavers)
+    async with httpx.AsyncClient(base_url=base_url, timeout=args.request_timeout, limits=limits) as client:
+        started = time.perf_counter()
+        leaving = [asyncio.create_task(leaver(client, i)) for i in range(leavers)]
+        await asyncio.gather(*(keeper(client) for _ in range(keepers)))
+        wall = time.perf_counter() - started
+        done.set()
+        await asyncio.gather(*leaving)
+    return results, wall, left
+
+
+def wait_until_idle(base_url: str, timeout: float) -> tuple[dict, float]:
+    """/health once nothing waits or generates, and the seconds that took."""
+    started = time.perf_counter()
+    while True:
+        stats = httpx.get(f"{base_url}/health", timeout=30).raise_for_status().json()
+        if stats["generating"] == 0 and stats["waiting"] == 0:
+            return stats, time.perf_counter() - started
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError(f"the worker was still busy {timeout:.0f} s after the last client left: {stats}")
+        time.sleep(0.05)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def latency_line(results: list[Result]) -> str:
+    done = [r for r in results if r.ok]
+    if not done:
+        return "no request completed"
+    latencies, firsts = [r.latency for r in done], [r.first_token for r in done]
+    return (f"latency p50 {statistics.median(latencies):.2f} s, p99 {percentile(latencies, 0.99):.2f} s; "
+            f"first token p50 {statistics.median(firsts):.2f} s, p99 {percentile(firsts, 0.99):.2f} s")  # fmt: skip
+
+
+def disconnect_scenario(args, base_url: str, server: subprocess.Popen) -> list[Result]:
+    """Prints both phases; returns every kept request's result."""
+    keepers = args.clients - args.clients // 2
+    leavers = args.clients // 2
+    print("phases (same server, one after the other):")
+    phases = []
+    for name, with_leavers in (("alone", 0), ("with leavers", leavers)):
+        before, _ = wait_until_idle(base_url, args.request_timeout)
+        cpu_before = cpu_seconds(server.pid)
+        results, wall, left = asyncio.run(run_with_leavers(base_url, keepers, with_leavers, args.requests, args))
+        after, idle_after = wait_until_idle(base_url, args.request_timeout)
+        cpu = cpu_seconds(server.pid) - cpu_before
+        phases.append(results)
+        done = [r for r in results if r.ok]
+        print(f"  {name}: {keepers} streaming clients, {len(done)}/{len(results)} requests completed in {wall:.1f} s "
+              f"(server {cpu:.1f} CPU-s); {latency_line(results)}")  # fmt: skip
+        for failure in [r for r in results if not r.ok][:5]:
+            print(f"    error: {failure.error}")
+        if with_leavers:
+            abandoned = after["abandoned"] - before["abandoned"]
+            after_leaving = after["tokens_after_abandonment"] - before["tokens_after_abandonment"]
+            print(f"    {with_leavers} leaving clients sent {left} requests of {args.abandon_max_tokens} tokens and "
+                  f"left each after {args.abandon_after:g} s; the server abandoned {abandoned}, generating "
+                  f"{after_leaving} tokens for them after their clients left "
+                  f"({after_leaving / max(abandoned, 1):.2f} a request)")  # fmt: skip
+            print(f"    worker idle {idle_after:.2f} s after the last client left "
+                  f"(generated in this phase: {after['tokens_generated'] - before['tokens_generated']} tokens)")  # fmt: skip
+    alone, shared = ([r.latency for r in phase if r.ok] for phase in phases)
+    if alone and shared:
+        print(f"  p50 latency with leavers / alone: {statistics.median(shared) / statistics.median(alone):.2f}x")
+    return phases[0] + phases[1]
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def report(args, health: dict, results: list[Result], wall: float) -> None:
+def print_setup(args, health: dict) -> None:
     import torch
     import transformers
 
-    done = [r for r in results if r.ok]
-    tokens = sum(r.tokens for r in done)
     print("setup:")
     print(f"  model {args.model_path} on {health['device']} ({health['dtype']}); max_batch_size {args.max_batch_size}; "
           f"greedy; max_tokens {args.max_tokens}")  # fmt: skip
-    print(
-        f"  {args.clients} concurrent streaming clients, {args.requests} requests, {len(QUESTIONS)} distinct questions"
-    )
+    if args.scenario == "disconnect":
+        print(f"  scenario disconnect: {args.clients - args.clients // 2} clients share {args.requests} streaming "
+              f"requests; {args.clients // 2} more ask for {args.abandon_max_tokens} tokens and leave after "
+              f"{args.abandon_after:g} s; {len(QUESTIONS)} distinct questions")  # fmt: skip
+    else:
+        print(f"  {args.clients} concurrent streaming clients, {args.requests} requests, "
+              f"{len(QUESTIONS)} distinct questions")  # fmt: skip
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     print(f"  {platform.machine()} with {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}); "
           f"torch {torch.__version__} (OMP_NUM_THREADS={threads}), transformers {transformers.__version__}, "
           f"python {platform.python_version()}")  # fmt: skip
     if torch.cuda.is_available():
         print(f"  GPU: {torch.cuda.get_device_name(0)}")
+
+
+def report(results: list[Result], wall: float) -> None:
+    done = [r for r in results if r.ok]
+    tokens = sum(r.tokens for r in done)
     print("results:")
     print(f"  completed {len(done)}/{len(results)} requests in {wall:.1f} s; errors {len(results) - len(done)}")
     for failure in [r for r in results if not r.ok][:5]:
         print(f"    error: {failure.error}")
     if done:
-        latencies, firsts = [r.latency for r in done], [r.first_token for r in done]
         print(f"  generated {tokens} tokens: {tokens / wall:.1f} tokens/s, {len(done) / wall:.2f} requests/s")
-        print(f"  latency p50 {statistics.median(latencies):.2f} s, p99 {percentile(latencies, 0.99):.2f} s; "
-              f"first token p50 {statistics.median(firsts):.2f} s, p99 {percentile(firsts, 0.99):.2f} s")  # fmt: skip
+        print(f"  {latency_line(results)}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenario", choices=["steady", "disconnect"], default="steady")
     parser.add_argument("--model_path", default="embedded:demo-model")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max_tokens", type=int, default=64)
     parser.add_argument("--max_batch_size", type=int, default=8)
+    parser.add_argument("--abandon_max_tokens", type=int, default=256, help="disconnect: tokens a leaving client asks for")
+    parser.add_argument("--abandon_after", type=float, default=2.0, help="disconnect: seconds before a client leaves")
     parser.add_argument("--startup_timeout", type=float, default=600, help="seconds to wait for the model to load")
     parser.add_argument("--request_timeout", type=float, default=600)
     args = parser.parse_args()
@@ -180,9 +307,14 @@ def main() -> int:
             health = wait_until_ready(base_url, server, args.startup_timeout)
             # One request first, so loading-time work (first kernels, caches) is not counted.
             asyncio.run(run_clients(base_url, 1, 1, 4, args.request_timeout))
-            results, wall = asyncio.run(
-                run_clients(base_url, args.clients, args.requests, args.max_tokens, args.request_timeout)
-            )
+            print_setup(args, health)
+            if args.scenario == "disconnect":
+                results = disconnect_scenario(args, base_url, server)
+            else:
+                results, wall = asyncio.run(
+                    run_clients(base_url, args.clients, args.requests, args.max_tokens, args.request_timeout)
+                )
+                report(results, wall)
         except (RuntimeError, TimeoutError) as exc:
             log.seek(0)
             print(f"benchmark failed: {exc}\nserver log (end):\n{log.read()[-3000:]}", file=sys.stderr)
@@ -193,7 +325,6 @@ def main() -> int:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
-    report(args, health, results, wall)
     return 0 if all(r.ok for r in results) else 1
 
 
