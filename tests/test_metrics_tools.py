@@ -103,3 +103,15 @@ def test_runner_scores_tool_samples_and_reports_them(tiny_qwen3, tmp_path, one_t
     assert len(cache) == 2 and all("reasoning" in json.loads(line) for line in cache)
     run_evaluation(config)
     assert len((tmp_path / "eval" / "cache" / "predictions-tuned.jsonl").read_text().splitlines()) == 2
+
+
+def test_prediction_is_the_answer_after_the_think_block():
+    from qwentune.evaluate.runner import answer_and_reasoning
+    from qwentune.infer.reply import Reply
+
+    def reply(text, reasoning):
+        return Reply(content="", reasoning_content=reasoning, tool_calls=[], finish_reason="stop", prompt_tokens=1, completion_tokens=1, text=text)
+
+    assert answer_and_reasoning(reply("<think>\nadd them\n</think>\n\n" + CALL, "add them")) == {"prediction": CALL, "reasoning": "add them"}
+    assert answer_and_reasoning(reply("<think>\nstill thinking", "still thinking")) == {"prediction": "", "reasoning": "still thinking"}
+    assert answer_and_reasoning(reply(" 5 ", None)) == {"prediction": "5", "reasoning": None}
