@@ -197,3 +197,22 @@ def test_a_qwen2_5_template_gets_calls_as_objects_and_ignores_the_thinking_switc
     assert prompt == expected and CALL in prompt and "You are Qwen" in prompt
     assert not engine.has_thinking_switch
     assert engine.prompt_ids(history, tools=[WEATHER], enable_thinking=True) == engine.prompt_ids(history, tools=[WEATHER])
+
+
+def test_a_batch_file_keeps_the_reasoning_apart(engine, tmp_path):
+    from conftest import read_jsonl, write_jsonl
+
+    from qwentune.infer.batch import answer_file
+    from qwentune.infer.settings import GenerationSettings
+
+    source = write_jsonl(tmp_path / "questions.jsonl", [{"prompt": "Think: 23 × 17?"}, {"prompt": "hi"}])
+    engine.enable_thinking = True
+    try:
+        assert answer_file(engine, str(source), str(tmp_path / "answers.jsonl"), GenerationSettings(max_new_tokens=40)) == 0
+        assert answer_file(engine, str(source), str(tmp_path / "answers.txt"), GenerationSettings(max_new_tokens=40)) == 0
+    finally:
+        engine.enable_thinking = False
+    first, second = read_jsonl(tmp_path / "answers.jsonl")
+    assert (first["answer"], first["reasoning"]) == ("23 × 17 = 391.", "The user wants the weather.\nI should answer.")
+    assert second["answer"] == "Hello!" and "reasoning" not in second
+    assert (tmp_path / "answers.txt").read_text(encoding="utf-8") == "23 × 17 = 391.\nHello!\n"

@@ -1,7 +1,8 @@
 """Answer a file of prompts: text (one prompt per line) or JSONL (`prompt` or `messages` per record).
 
-Answers are written in input order, as JSONL (`.jsonl` output: line, id, prompt, answer) or
-text (one answer per line, its newlines written as `\\n`). A bad line is reported and skipped.
+Answers are written in input order, as JSONL (`.jsonl` output: line, id, prompt, answer, and
+`reasoning` when the model thought first) or text (one answer per line, its newlines written as
+`\\n`; answers only). A bad line is reported and skipped.
 
 Resuming: next to the output, `<output>.progress.json` records which input lines are answered
 and how many bytes of the output they fill; it is rewritten after every batch and removed when
@@ -94,13 +95,14 @@ def read_prompts(path: Path) -> tuple[list[Prompt], list[str]]:
     return prompts, problems
 
 
-def format_answer(prompt: Prompt, answer: str, jsonl: bool) -> str:
+def format_answer(prompt: Prompt, answer: str, jsonl: bool, reasoning: str | None = None) -> str:
     if jsonl:
         record = {
             "line": prompt.line,
             **({"id": prompt.id} if prompt.id is not None else {}),
             "prompt": prompt.prompt,
             "answer": answer,
+            **({"reasoning": reasoning} if reasoning is not None else {}),
         }
         return json.dumps(record, ensure_ascii=False) + "\n"
     return answer.replace("\r\n", "\n").replace("\n", "\\n") + "\n"
@@ -187,8 +189,9 @@ def answer_file(engine, input_file: str, output_file: str, settings: GenerationS
         task = progress.add_task("answers", total=len(pending))
         for start in range(0, len(pending), batch_size):
             chunk = pending[start : start + batch_size]
-            answers = engine.batch_generate([p.prompt for p in chunk], batch_size=len(chunk), **settings.model_dump())
-            handle.write("".join(format_answer(p, a, jsonl) for p, a in zip(chunk, answers)).encode("utf-8"))
+            replies = engine.batch_respond([p.prompt for p in chunk], batch_size=len(chunk), **settings.model_dump())
+            answers = [format_answer(p, r.content.strip(), jsonl, r.reasoning_content) for p, r in zip(chunk, replies)]
+            handle.write("".join(answers).encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())  # the answers reach the disk before the record says they are there
             record.done.update(p.line for p in chunk)
