@@ -15,8 +15,16 @@ from qwentune.config.base import ConfigError, validate
 from qwentune.config.training import TrainConfig
 from qwentune.data.tokenize import IGNORE_INDEX
 from qwentune.train.attention import PACKED_SDPA
-from qwentune.train.pref_losses import PreferenceLoss, preference_loss
-from qwentune.train.preference import PairCollator, PairDataset, encode_pairs, pair_logps, reference_context
+from qwentune.train.pref_losses import KTOLoss, PreferenceLoss, kto_loss, preference_loss
+from qwentune.train.preference import (
+    KTOCollator,
+    PairCollator,
+    PairDataset,
+    encode_kto,
+    encode_pairs,
+    pair_logps,
+    reference_context,
+)
 
 PAIRS = [
     {"messages": [{"role": "user", "content": "Name a colour."}], "chosen": {"role": "assistant", "content": "Blue."},
@@ -174,12 +182,14 @@ def test_lora_reference_is_the_base_model(tiny_qwen2, pairs):
 @pytest.mark.parametrize(
     ("training", "message"),
     [
-        ({"pref_beta": 0.2}, "training.pref_beta applies to training.stage dpo, but training.stage is 'sft'"),
+        ({"pref_beta": 0.2}, "training.pref_beta applies to training.stage dpo or kto, but training.stage is 'sft'"),
         ({"stage": "dpo", "pref_loss": "orpo", "simpo_gamma": 1.0}, "training.simpo_gamma applies to training.pref_loss simpo, not 'orpo'"),
         ({"stage": "dpo", "pref_loss": "simpo", "precompute_ref_logprobs": True}, "reference-free"),
         ({"stage": "dpo", "pref_loss": "hinge", "pref_label_smoothing": 0.1}, "training.pref_label_smoothing applies to training.pref_loss sigmoid / simpo"),
         ({"stage": "dpo", "pref_loss": "kto_pair"}, "training.pref_loss"),
         ({"stage": "dpo", "pref_label_smoothing": 0.5}, "pref_label_smoothing"),
+        ({"stage": "kto", "pref_loss": "sigmoid"}, "training.pref_loss applies to training.stage dpo, but training.stage is 'kto'"),
+        ({"stage": "dpo", "kto_undesirable_weight": 2.0}, "training.kto_undesirable_weight applies to training.stage kto"),
     ],
 )
 def test_preference_keys_are_checked(training, message):
@@ -236,3 +246,71 @@ def test_a_lora_output_loads_merged_into_its_base(training_output, varied_model,
     assert torch.allclose(got, expected, atol=1e-4)
     assert not torch.allclose(got, base, atol=1e-3)  # the adapter is in
     assert config_source(str(training_output)) == str(varied_model)
+
+
+KTO = [
+    {"messages": [{"role": "user", "content": "Name a colour."}], "completion": {"role": "assistant", "content": "Blue."}, "label": True},
+    {"messages": [{"role": "user", "content": "What is 2+2?"}], "completion": {"role": "assistant", "content": "Five, I think."}, "label": False},
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of Italy?"}],
+     "completion": {"role": "assistant", "content": "Rome."}, "label": True},
+]
+
+
+def test_kto_loss_equals_the_hand_computation(tiny_qwen2, qwen_tokenizer):
+    split = encode_kto([*KTO, PAIRS[0]], qwen_tokenizer, max_length=512)
+    assert (len(split.examples), split.not_pairs) == (3, 1)
+    examples = split.examples
+    policy, reference = load(tiny_qwen2), load(tiny_qwen2)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for parameter in policy.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    batch = KTOCollator(pad_token_id=0)([PairDataset(examples)[i] for i in range(3)])
+    assert batch["desirable"].tolist() == [True, False, True]
+
+    class Spliced:  # example i's prompt with example i+1's reply: the KL sequence, built by hand
+        def __init__(self, i):
+            a, b = examples[i], examples[(i + 1) % 3]
+            self.input_ids = a.input_ids[: a.prompt_length] + b.input_ids[b.prompt_length :]
+            self.labels = a.labels[: a.prompt_length] + b.labels[b.prompt_length :]
+
+    beta = 0.3
+    own = [(logps_by_hand(policy, e)[0], logps_by_hand(reference, e)[0]) for e in examples]
+    kl_pairs = [(logps_by_hand(policy, Spliced(i))[0], logps_by_hand(reference, Spliced(i))[0]) for i in range(3)]
+    z0 = max(0.0, sum(p - r for p, r in kl_pairs) / 3)
+    weights = {True: 1.5, False: 0.5}
+
+    def sig(x):
+        return 1 / (1 + math.exp(-x))
+
+    hand = [
+        weights[e.desirable] * (1 - sig(beta * ((p - r) - z0) if e.desirable else beta * (z0 - (p - r))))
+        for e, (p, r) in zip(examples, own, strict=True)
+    ]
+    with torch.no_grad():
+        logps, _ = pair_logps(policy, batch)
+        ref = pair_logps(reference, batch)[0]
+    losses, metrics = kto_loss(KTOLoss(beta, 1.5, 0.5), logps[:, 0], ref[:, 0], logps[:, 1], ref[:, 1], batch["desirable"])
+    assert losses.tolist() == pytest.approx(hand, rel=1e-4, abs=1e-6)
+    assert metrics["kl"][0].item() == pytest.approx(z0, abs=1e-4)
+    assert len(metrics["rewards/chosen"]) == 2 and len(metrics["rewards/rejected"]) == 1
+
+
+def test_kto_run_lowers_its_loss(tmp_path, tiny_qwen2):
+    from qwentune.train.recipe import run_training
+
+    train = write_jsonl(tmp_path / "train.jsonl", [{"id": str(i), "source": "t", "lang": "en", **r, "meta": {}} for i, r in enumerate(KTO)])
+    config = validate(TrainConfig, {
+        "model": {"model_name_or_path": str(tiny_qwen2)},
+        "data": {"train_file": str(train), "validation_file": None, "max_seq_length": 256},
+        "training": {"stage": "kto", "output_dir": str(tmp_path / "out"), "logging_dir": str(tmp_path / "logs"),
+                     "max_steps": 6, "per_device_train_batch_size": 3, "logging_steps": 1, "save_steps": 100,
+                     "learning_rate": 5e-3, "warmup_ratio": 0, "report_to": [], "lr_scheduler_type": "constant"},
+        "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"},
+    })
+    run_training(config)
+    logged = [json.loads(line[line.index("{"):]) for line in (tmp_path / "logs" / "training.log").read_text().splitlines() if " step " in line and '"kl"' in line]
+    assert len(logged) == 6
+    assert logged[0]["loss"] == pytest.approx(0.5, abs=1e-4)  # 1 - sigmoid(0) at the reference
+    assert logged[-1]["loss"] < logged[0]["loss"] - 0.01
+    assert logged[-1]["rewards/chosen"] > 0 > logged[-1]["rewards/rejected"]

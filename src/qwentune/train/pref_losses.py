@@ -100,3 +100,41 @@ def preference_loss(
         "logps/rejected": rejected.detach(),
     }
     return losses, metrics
+
+
+@dataclass(frozen=True)
+class KTOLoss:
+    """KTO (Ethayarajh et al. 2024), as TRL's KTOTrainer: a reply is pushed above (desirable) or below
+    (undesirable) the reference point z0, the batch's KL estimate from mismatched prompt/reply pairs."""
+
+    beta: float = 0.1
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+    needs_reference: bool = True
+
+
+def kto_loss(
+    settings: KTOLoss,
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    kl_logps: torch.Tensor,
+    ref_kl_logps: torch.Tensor,
+    desirable: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(loss per example, metrics) from summed log-probs of each reply and of its mismatched (KL) reply."""
+    beta = settings.beta
+    # z0: no gradient flows through the reference point (as in the paper and TRL).
+    kl = (kl_logps - ref_kl_logps).mean().clamp(min=0).detach()
+    logratio = logps - ref_logps
+    losses = torch.where(
+        desirable,
+        settings.desirable_weight * (1 - torch.sigmoid(beta * (logratio - kl))),
+        settings.undesirable_weight * (1 - torch.sigmoid(beta * (kl - logratio))),
+    )
+    rewards = (beta * logratio).detach()
+    metrics = {"kl": kl.expand_as(rewards), "logps/completion": logps.detach()}
+    if desirable.any():
+        metrics["rewards/chosen"] = rewards[desirable]
+    if (~desirable).any():
+        metrics["rewards/rejected"] = rewards[~desirable]
+    return losses, metrics

@@ -27,7 +27,7 @@ from qwentune.config.base import ConfigError
 from qwentune.data.dataset import read_canonical, with_system_prompt
 from qwentune.data.pack import PackingCollator, PaddingCollator, shifted_targets
 from qwentune.data.tokenize import IGNORE_INDEX, EncodedExample, encode_conversation
-from qwentune.train.pref_losses import PreferenceLoss, preference_loss, sequence_logps
+from qwentune.train.pref_losses import KTOLoss, PreferenceLoss, kto_loss, preference_loss, sequence_logps
 
 SIDES = ("chosen", "rejected")
 
@@ -49,6 +49,11 @@ class PairExample:
     def num_trained_tokens(self) -> int:
         return self.chosen.num_trained_tokens + self.rejected.num_trained_tokens
 
+    @property
+    def row_length(self) -> int:
+        """Tokens the pair puts in a row: both sides."""
+        return len(self.chosen.input_ids) + len(self.rejected.input_ids)
+
 
 @dataclass
 class PairSplit:
@@ -59,8 +64,8 @@ class PairSplit:
 
     @property
     def lengths(self) -> list[int]:
-        """Tokens of each pair: both sides go into the same row."""
-        return [len(e.chosen.input_ids) + len(e.rejected.input_ids) for e in self.examples]
+        """Tokens of each pair (both sides) or KTO example (with its KL sequence): what goes into a row."""
+        return [e.row_length for e in self.examples]
 
     @property
     def trained_tokens(self) -> int:
@@ -86,27 +91,76 @@ def encode_pairs(records: list[dict], tokenizer, *, max_length: int, system_prom
     return PairSplit(examples, truncated, without_targets, not_pairs)
 
 
+@dataclass
+class KTOExample:
+    """One reply with its label; the prompt is input_ids[:prompt_length] (the KL pairs swap the rest)."""
+
+    example: EncodedExample
+    desirable: bool
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.example.input_ids
+
+    @property
+    def labels(self) -> list[int]:
+        return self.example.labels
+
+    @property
+    def prompt_length(self) -> int:
+        return next(i for i, label in enumerate(self.example.labels) if label != IGNORE_INDEX)
+
+    @property
+    def num_trained_tokens(self) -> int:
+        return self.example.num_trained_tokens
+
+    @property
+    def row_length(self) -> int:
+        """About what the example puts in a row: itself and its KL sequence (its prompt, another reply)."""
+        return 2 * len(self.example.input_ids)
+
+
+def encode_kto(records: list[dict], tokenizer, *, max_length: int, system_prompt: str | None = None) -> PairSplit:
+    """KTO examples (a `completion` and a boolean `label`); the split's lengths count each with its KL sequence."""
+    examples, truncated, without_targets, others = [], 0, [], 0
+    for number, record in enumerate(records, start=1):
+        if "completion" not in record or not isinstance(record.get("label"), bool):
+            others += 1
+            continue
+        prompt = with_system_prompt(record["messages"], system_prompt)
+        encoded = encode_conversation(tokenizer, [*prompt, record["completion"]], last_turn_only=True, max_length=max_length)
+        truncated += encoded.truncated
+        if encoded.num_trained_tokens == 0:
+            without_targets.append(str(record.get("id") or f"line {number}"))
+            continue
+        examples.append(KTOExample(encoded, record["label"]))
+    return PairSplit(examples, truncated, without_targets, others)
+
+
 def load_pair_splits(config, tokenizer) -> tuple[PairSplit, PairSplit | None]:
-    """(train, validation or None) pairs, read from the processed preference files."""
+    """(train, validation or None) pairs (stage dpo) or labelled replies (stage kto), from processed files."""
     data = config.data
+    kto = config.training.stage == "kto"
+    encode_split = encode_kto if kto else encode_pairs
     encode = dict(max_length=data.max_seq_length, system_prompt=data.default_system_prompt)
-    train = encode_pairs(read_canonical(data.train_file, data.max_samples), tokenizer, **encode)
+    train = encode_split(read_canonical(data.train_file, data.max_samples), tokenizer, **encode)
     if not train.examples:
+        wanted = "KTO example (a record with 'completion' and a boolean 'label')" if kto else "preference pair (a record with 'chosen' and 'rejected')"
         raise ConfigError(
-            f"data.train_file {data.train_file}: no preference pair (a record with 'chosen' and 'rejected') "
-            f"to train on with training.stage {config.training.stage}; {train.not_pairs} records are not pairs. "
+            f"data.train_file {data.train_file}: no {wanted} to train on with training.stage {config.training.stage}; "
+            f"{train.not_pairs} records are something else. "
             "Preprocess preference data (data/formats/preference.py lists the shapes) into its own folder."
         )
     if not (data.validation_file and Path(data.validation_file).is_file()):
         return train, None
-    validation = encode_pairs(read_canonical(data.validation_file, data.max_eval_samples), tokenizer, **encode)
+    validation = encode_split(read_canonical(data.validation_file, data.max_eval_samples), tokenizer, **encode)
     return train, (validation if validation.examples else None)
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Pairs as features; precomputed reference log-probs ride along when there are some."""
+    """Pairs (or KTO examples) as features; precomputed reference log-probs ride along when there are some."""
 
-    def __init__(self, examples: list[PairExample], reference: torch.Tensor | None = None):
+    def __init__(self, examples: list[PairExample] | list[KTOExample], reference: torch.Tensor | None = None):
         self.examples = examples
         self.reference = reference  # (pairs, 2): chosen, rejected
 
@@ -115,6 +169,9 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         example = self.examples[index]
+        if isinstance(example, KTOExample):
+            return {"input_ids": example.input_ids, "labels": example.labels, "desirable": example.desirable,
+                    "prompt_length": example.prompt_length}
         feature = {
             "chosen_input_ids": example.chosen.input_ids,
             "chosen_labels": example.chosen.labels,
@@ -143,6 +200,13 @@ class PairCollator:
         sequences = [
             {"input_ids": f[f"{side}_input_ids"], "labels": f[f"{side}_labels"]} for f in features for side in SIDES
         ]
+        batch = self.rows(sequences)
+        if "reference_logps" in features[0]:
+            batch["reference_logps"] = torch.tensor([f["reference_logps"] for f in features])
+        return batch
+
+    def rows(self, sequences: list[dict]) -> dict:
+        """Model inputs for the sequences (in pairs), with pref_targets, pref_segments and pref_pairs."""
         if self.packed:
             batch = PackingCollator()(sequences)
             targets = torch.tensor([[t for s in sequences for t in shifted_targets(s["labels"])]])
@@ -164,9 +228,27 @@ class PairCollator:
             batch["logits_to_keep"] = columns
             targets, segments = targets[:, columns], segments[:, columns]
         batch["pref_targets"], batch["pref_segments"] = targets, segments
-        batch["pref_pairs"] = torch.tensor(len(features))
-        if "reference_logps" in features[0]:
-            batch["reference_logps"] = torch.tensor([f["reference_logps"] for f in features])
+        batch["pref_pairs"] = torch.tensor(len(sequences) // 2)
+        return batch
+
+
+@dataclass
+class KTOCollator(PairCollator):
+    """Each example followed by its KL sequence: its own prompt with the next example's reply
+    (TRL's mismatched pairs), so both come out of one forward as a (reply, KL) pair."""
+
+    def __call__(self, features: list[dict]) -> dict:
+        sequences = []
+        for index, feature in enumerate(features):
+            other = features[(index + 1) % len(features)]
+            cut, other_cut = feature["prompt_length"], other["prompt_length"]
+            kl = {
+                "input_ids": feature["input_ids"][:cut] + other["input_ids"][other_cut:],
+                "labels": feature["labels"][:cut] + other["labels"][other_cut:],
+            }
+            sequences += [{"input_ids": feature["input_ids"], "labels": feature["labels"]}, kl]
+        batch = self.rows(sequences)
+        batch["desirable"] = torch.tensor([f["desirable"] for f in features])
         return batch
 
 
@@ -189,7 +271,7 @@ def reference_context(model):
 class PreferenceTrainer(Trainer):
     """Trainer whose loss is a preference loss; logs rewards, margins, accuracy and log-probs like TRL."""
 
-    def __init__(self, *args, preference: PreferenceLoss, reference_model=None, **kwargs):
+    def __init__(self, *args, preference: PreferenceLoss | KTOLoss, reference_model=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.preference = preference
         self.reference_model = reference_model
@@ -213,11 +295,17 @@ class PreferenceTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logps, counts = pair_logps(model, inputs)
         reference = self.reference_logps(model, inputs)
+        if isinstance(self.preference, KTOLoss):  # (reply, KL reply) per example
+            losses, metrics = kto_loss(self.preference, logps[:, 0], reference[:, 0], logps[:, 1], reference[:, 1], inputs["desirable"])
+            return self._finish(model, losses, metrics, logps, return_outputs)
         losses, metrics = preference_loss(
             self.preference,
             logps[:, 0], logps[:, 1], counts[:, 0], counts[:, 1],
             *((reference[:, 0], reference[:, 1]) if reference is not None else ()),
         )
+        return self._finish(model, losses, metrics, logps, return_outputs)
+
+    def _finish(self, model, losses, metrics, logps, return_outputs):
         logged = self._metrics["train" if model.training else "eval"]
         for name, values in metrics.items():
             logged[name].append(values.float().mean().item())
@@ -255,8 +343,10 @@ def precompute_reference(model, dataset: PairDataset, collator: PairCollator, ba
     return PairDataset(dataset.examples, torch.cat(sums))
 
 
-def settings_of(config) -> PreferenceLoss:
+def settings_of(config) -> PreferenceLoss | KTOLoss:
     training = config.training
+    if training.stage == "kto":
+        return KTOLoss(training.pref_beta, training.kto_desirable_weight, training.kto_undesirable_weight)
     return PreferenceLoss(
         loss=training.pref_loss or "sigmoid",
         beta=training.pref_beta,
@@ -273,20 +363,24 @@ def plot_preference_curves(log_history: list[dict], image_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [entry for entry in log_history if "rewards/chosen" in entry]
+    points = [entry for entry in log_history if "rewards/chosen" in entry or "kl" in entry]
     if not points:
         return
-    steps = [p["step"] for p in points]
-    figure, (rewards, accuracy) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (rewards, second) = plt.subplots(1, 2, figsize=(10, 4))
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
-        rewards.plot(steps, [p[key] for p in points], label=key.split("/")[1])
+        shown = [(p["step"], p[key]) for p in points if key in p]
+        if shown:
+            rewards.plot(*zip(*shown), label=key.split("/")[1])
     rewards.set_xlabel("step")
     rewards.set_ylabel("reward")
     rewards.legend()
-    accuracy.plot(steps, [p["rewards/accuracies"] for p in points], color="green")
-    accuracy.set_xlabel("step")
-    accuracy.set_ylabel("preference accuracy (training batches)")
-    accuracy.set_ylim(0, 1)
+    # DPO: the share of pairs whose chosen reward is higher; KTO: the reference point z0 (KL estimate).
+    key, label = ("rewards/accuracies", "preference accuracy (training batches)") if "rewards/accuracies" in points[0] else ("kl", "KL estimate z0")
+    second.plot([p["step"] for p in points if key in p], [p[key] for p in points if key in p], color="green")
+    second.set_xlabel("step")
+    second.set_ylabel(label)
+    if key == "rewards/accuracies":
+        second.set_ylim(0, 1)
     figure.tight_layout()
     figure.savefig(image_path)
     plt.close(figure)
@@ -299,7 +393,7 @@ def preference_parts(config, model, tokenizer, train_split: PairSplit, eval_spli
     mode = BATCHING[config.data.batching]
     if isinstance(logits_selection, bool):  # older ModelShape: whether a boolean mask is accepted
         logits_selection = "mask" if logits_selection else None
-    collator = PairCollator(
+    collator = (KTOCollator if config.training.stage == "kto" else PairCollator)(
         tokenizer.pad_token_id,
         packed=mode.packed,
         pad_to=config.data.max_seq_length if mode.pad_to_max_length else None,
