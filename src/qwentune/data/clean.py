@@ -208,7 +208,7 @@ def count_tokens(tokenizer, conversations: list, max_chars: int | None = None) -
         # A text over max_chars has more tokens than any limit we check (see AtLeast): it is not
         # tokenized, so a 50 MB record costs no more than one at the limit.
         if max_chars is not None and len(text) > max_chars:
-            results.append(AtLeast(len(text) // (2 * max_token_chars(tokenizer))))
+            results.append(AtLeast(len(text) // (NORMALISATION_SLACK * max_token_chars(tokenizer))))
         else:
             texts.append(text)
             results.append(None)
@@ -220,10 +220,15 @@ def count_tokens(tokenizer, conversations: list, max_chars: int | None = None) -
     return [len(next(encodings)) if result is None else result for result in results]
 
 
+# NFC composes at most 4 code points into one (Greek U+1F86 is alpha + 3 marks): the normalised text
+# a tokenizer sees has at least a quarter of the characters it was given.
+NORMALISATION_SLACK = 4
+
+
 class AtLeast(int):
     """A lower bound on a text's tokens, found without tokenizing it: each token covers at most
     max_token_chars characters, so a text of C characters has at least C / max_token_chars tokens
-    (halved to allow for normalisation changing the character count)."""
+    (divided by NORMALISATION_SLACK, as the tokenizer's normaliser may shrink the text first)."""
 
 
 def max_token_chars(tokenizer) -> int:
@@ -234,7 +239,7 @@ def max_token_chars(tokenizer) -> int:
 
 def char_cap(tokenizer, max_length: int) -> int:
     """Characters of rendered text past which a conversation certainly has more than max_length tokens."""
-    return 2 * max_token_chars(tokenizer) * (max_length + 1)
+    return NORMALISATION_SLACK * max_token_chars(tokenizer) * (max_length + 1)
 
 
 def _count_in_worker(conversations: list[list[dict]], max_chars: int | None) -> list[int | str]:
