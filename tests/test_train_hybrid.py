@@ -109,3 +109,32 @@ def test_packed_loss_of_a_hybrid_model_is_the_token_weighted_mean_of_example_los
     assert output.aux_loss is not None and output.aux_loss.item() > 0
     expected = total / count + model.config.router_aux_loss_coef * output.aux_loss.item()
     assert output.loss.item() == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("architecture", ["qwen3_moe", *HYBRID])
+def test_plan_counts_parameters_exactly_and_active_ones_per_token(tiny_new_model, architecture):
+    """The meta-device plan counts what the loaded model holds; for MoE, what one token passes through."""
+    from transformers import AutoModelForCausalLM
+
+    from qwentune.config.base import load_config
+    from qwentune.config.training import TrainConfig
+    from qwentune.model.adapters import apply_lora
+    from qwentune.train.plan import model_shape
+
+    folder = tiny_new_model(architecture)
+    config = load_config(TrainConfig, None, [f"model.model_name_or_path={folder}", "lora.target_modules=all-linear"])
+    shape = model_shape(config)
+    model = apply_lora(AutoModelForCausalLM.from_pretrained(folder), config)
+    assert shape.total == sum(p.numel() for p in model.parameters())
+    assert shape.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    text = model.config
+    if architecture == "qwen3_5":
+        assert shape.experts is None and shape.active is None and shape.intermediate == text.intermediate_size
+        return
+    # Each layer's fused experts: gate_up (2 × width × hidden) and down (hidden × width) for each of them.
+    per_expert = 3 * text.moe_intermediate_size * text.hidden_size
+    unused = text.num_hidden_layers * per_expert * (text.num_experts - text.num_experts_per_tok)
+    assert shape.experts == (text.num_experts_per_tok, text.num_experts)
+    assert shape.active == shape.total - unused
+    shared = getattr(text, "shared_expert_intermediate_size", 0) or 0
+    assert shape.intermediate == text.num_experts_per_tok * text.moe_intermediate_size + shared

@@ -5,12 +5,12 @@ method applied to it, so trainable parameters are counted exactly and a run that
 stops before loading gigabytes, with the settings that would fit.
 
 Memory model (bytes; b = bytes per weight value, t = per trainable value):
-  weights      total * b; QLoRA: quantized linear weights at 4 or 8 bits (+3% for their
+  weights      total * b (MoE: every expert, routed or not); QLoRA: quantized linear weights at 4 or 8 bits (+3% for their
                scales), the rest upcast to fp32 by peft's k-bit preparation
   gradients    trainable * t                      (ZeRO-2/3: split across processes)
   optimizer    trainable * states * t             (AdamW: 2 states; 8-bit optimizers: 1 byte each; ZeRO-1+: split)
   activations  per token of the largest micro-batch, per layer (10 * hidden + 4 * intermediate)
-               values; with gradient checkpointing only each layer's input plus one layer
+               values (MoE: intermediate = the routed experts' widths plus the shared expert's); with gradient checkpointing only each layer's input plus one layer
                recomputed; plus fp32 logits, their log-softmax and gradient for every position
                whose logit is computed. Memory-efficient attention stores no score matrix.
   overhead     0.5 GiB + 10% (runtime, allocator, temporaries)
@@ -45,6 +45,8 @@ class ModelShape:
     vocab: int
     supports_packing: bool  # attention honours per-example position_ids (transformers' attention interface)
     logits_selection: str | None  # form of logits_to_keep the forward accepts (qwentune.model.logits), None: all logits
+    active: int | None = None  # MoE: parameters one token passes through (routed experts only); None: all of them
+    experts: tuple[int, int] | None = None  # MoE: (experts routed to per token, experts per layer)
 
 
 @dataclass(frozen=True)
@@ -110,17 +112,42 @@ def model_shape(config: TrainConfig) -> ModelShape:
         if isinstance(module, torch.nn.Linear) and "lora_" not in name
     )
     text = base.config.get_text_config()
+    experts = moe_experts(text)
     return ModelShape(
         total=total,
         trainable=trainable,
         quantizable=quantizable,
         hidden=text.hidden_size,
-        intermediate=getattr(text, "intermediate_size", 4 * text.hidden_size),
+        intermediate=feed_forward_width(text),
         layers=text.num_hidden_layers,
         vocab=text.vocab_size,
         supports_packing=supports_packing(base),
         logits_selection=logits_selection(type(base)),
+        active=active_parameters(base, experts, total) if experts else None,
+        experts=experts,
     )
+
+
+def moe_experts(text_config) -> tuple[int, int] | None:
+    """(experts per token, experts per layer) of a mixture-of-experts config; None for a dense model."""
+    routed, count = getattr(text_config, "num_experts_per_tok", None), getattr(text_config, "num_experts", None)
+    return (routed, count) if routed and count else None
+
+
+def feed_forward_width(text_config) -> int:
+    """Feed-forward values one token computes per layer: the dense MLP, or its routed experts plus any shared expert."""
+    experts = moe_experts(text_config)
+    if experts is None:
+        return getattr(text_config, "intermediate_size", 4 * text_config.hidden_size)
+    shared = getattr(text_config, "shared_expert_intermediate_size", 0) or 0
+    return experts[0] * text_config.moe_intermediate_size + shared
+
+
+def active_parameters(model, experts: tuple[int, int], total: int) -> int:
+    """Parameters a token uses: all `total` but the experts it is not routed to (transformers 5 fuses each layer's experts)."""
+    routed, count = experts
+    expert_values = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name and "lora_" not in name)
+    return total - expert_values * (count - routed) // count
 
 
 def batch_shape(lengths: list[int], trained_fraction: float, config: TrainConfig, logits_selection: str | None) -> BatchShape:
@@ -263,12 +290,18 @@ class RunPlan:
         steps = count_steps(len(self.lengths), config, self.world_size)
         return (
             f"{method} on {self.device} ({self.precision.name}), {self.processes}: {shape.trainable:,} trainable of "
-            f"{shape.total:,} parameters ({100 * shape.trainable / shape.total:.2f}%); memory ≈ {self.estimate().describe()} "
+            f"{shape.total:,} parameters ({100 * shape.trainable / shape.total:.2f}%){self._active()}; memory ≈ {self.estimate().describe()} "
             f"of {gib(available)} free; {len(self.lengths)} examples, {sum(self.lengths):,} tokens "
             f"({self.trained_tokens:,} trained) per epoch; {steps} steps of {config.training.per_device_train_batch_size} "
             f"× {config.gradient_accumulation_steps} accumulation × {self.world_size} process(es); "
             f"batching: {config.data.batching}"
         )
+
+    def _active(self) -> str:
+        if self.shape.experts is None:
+            return ""
+        routed, count = self.shape.experts
+        return f", {self.shape.active:,} active per token ({routed} of {count} experts)"
 
     def check_fits(self, available: int) -> None:
         check_fits(self.estimate(), available, self.device, self.config, self.estimate)
