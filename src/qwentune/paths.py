@@ -29,15 +29,17 @@ def cache_dir() -> Path:
 
 
 def writable_folder(path: str | Path, key: str) -> Path:
-    """`path` created if needed; a folder that cannot be made or written is a UsageError naming `key`.
+    """`path`, checked that it is (or can be created as) a writable folder; else a UsageError naming `key`.
 
     Called when a stage starts, so a bad output path stops it before any work, not at the first save.
+    Nothing is created here: a run that stops later leaves no empty folder behind.
     """
     folder = Path(path).expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{key}: cannot create the folder {folder} ({exc.strerror or exc})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"{key}: the folder {folder} is not writable")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{key}: cannot create the folder {folder} ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{key}: cannot create or write the folder {folder} ({existing} is not writable)")
     return folder
