@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import os
 import secrets
 import shutil
@@ -122,6 +121,8 @@ class WorkDir:
 
     @classmethod
     def create(cls, parent: Path | str, prefix: str) -> WorkDir:
+        import fcntl  # Unix only, like the folder swap it serves; the file helpers above work anywhere
+
         parent = Path(parent)
         initial = Path(tempfile.mkdtemp(prefix=".qwentune-init-", dir=parent))
         descriptor = os.open(initial, os.O_RDONLY)
@@ -149,6 +150,8 @@ class WorkDir:
         A folder still under its `.qwentune-init-` name is removed only when unlocked and older
         than `init_grace_s` (its owner locks it within microseconds of making it).
         """
+        import fcntl
+
         removed = []
         try:
             entries = list(parent.iterdir())
