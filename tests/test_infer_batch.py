@@ -48,7 +48,7 @@ def printed(capsys) -> str:
 
 def interrupt_after(engine, monkeypatch, batches: int) -> list[int]:
     """Make the engine fail after `batches` batches (a killed run); returns the sizes of the batches generated."""
-    real, calls = engine.batch_generate, []
+    real, calls = engine.batch_respond, []
 
     def flaky(prompts, **kwargs):
         if len(calls) == batches:
@@ -56,7 +56,7 @@ def interrupt_after(engine, monkeypatch, batches: int) -> list[int]:
         calls.append(len(prompts))
         return real(prompts, **kwargs)
 
-    monkeypatch.setattr(engine, "batch_generate", flaky)
+    monkeypatch.setattr(engine, "batch_respond", flaky)
     return calls
 
 
