@@ -221,3 +221,14 @@ def test_an_output_dir_that_is_a_file_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="is a file, not a folder"):
         run_preprocess(PreprocessConfig(input_dir=raw, output_dir=tmp_path / "notes", show_example=False))
     assert (tmp_path / "notes").read_text() == "mine\n"
+
+
+def test_the_working_directory_is_never_swapped_away(tmp_path, monkeypatch):
+    raw = make_inputs(tmp_path / "raw", ["alpaca.json"])
+    out = tmp_path / "work"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    config = PreprocessConfig(input_dir=raw, output_dir=Path("."), show_example=False, num_workers=0)
+    report = run_preprocess(config)
+    assert report.exit_code == 0 and not report.atomic
+    assert Path.cwd() == out and Path("train.jsonl").is_file() and sorted(os.listdir(out)) == sorted(OUTPUT_FILES)

@@ -11,8 +11,9 @@ Other entries of the output folder (a user's notes, a subfolder) are hard-linked
 staging folder before the swap, so they are in the output folder before and after it; an
 entry that appears during the swap is moved across right after it.
 
-Where the swap cannot work (the output folder is a mount point, its parent is read-only, the
-filesystem has no RENAME_EXCHANGE, an entry cannot be hard-linked) the staging folder goes
+Where the swap cannot work (the output folder is a mount point, its parent is read-only, it is
+the working directory or holds it, the filesystem has no RENAME_EXCHANGE, an entry cannot be
+hard-linked, more than MAX_FOREIGN_ENTRIES other entries) the staging folder goes
 inside the output folder and the files are renamed one by one: a failed run still leaves the
 old set, but a kill during those renames can leave a mix; `atomic` says which way was taken.
 
@@ -69,8 +70,12 @@ class OutputSet:
         self.cleaned = WorkDir.remove_stale(folder.parent, stage_prefix(folder))
         if folder.is_dir():
             self.cleaned += WorkDir.remove_stale(folder, STAGE_INSIDE)
-        swap = os.access(folder.parent, os.W_OK) and (
-            not folder.exists() or os.stat(folder).st_dev == os.stat(folder.parent).st_dev
+        swap = (
+            os.access(folder.parent, os.W_OK)
+            and (not folder.exists() or os.stat(folder).st_dev == os.stat(folder.parent).st_dev)
+            # Swapping the folder this process works in (or one above it) would leave its relative
+            # paths pointing into the old, removed folder.
+            and not Path.cwd().resolve().is_relative_to(folder)
         )
         if swap:
             self.stage = WorkDir.create(folder.parent, stage_prefix(folder))
