@@ -142,6 +142,8 @@ def test_tool_choice(engine):
             engine.prepare(QUESTION, tools=[WEATHER], tool_choice=bad)
     with pytest.raises(ValueError, match="needs tools"):
         engine.prepare(QUESTION, tool_choice="required")
+    with pytest.raises(ValueError, match="enable_thinking must be True, False or None"):
+        engine.prepare(QUESTION, enable_thinking="no")
 
 
 @pytest.mark.parametrize(

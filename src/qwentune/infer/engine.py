@@ -197,6 +197,8 @@ class QwenInference:
 
         Raises ValueError (ToolCallError for malformed tools or calls) naming what is wrong.
         """
+        if enable_thinking not in (None, True, False):
+            raise ValueError(f"enable_thinking must be True, False or None (the model's default); got {enable_thinking!r}")
         definitions = normalise_tools(tools)
         names = tool_names(definitions)
         forced = forced_call(tool_choice, names)
