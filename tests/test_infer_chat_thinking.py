@@ -39,7 +39,9 @@ sys.exit(chat_loop(engine, GenerationSettings(max_new_tokens=40)))
 
 
 def test_think_and_no_think_in_a_terminal(tiny_qwen3):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "PYTHONPATH": str(REPO / "src")}
+    # A colour terminal whatever the machine's: the dim style is what is checked.
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
+    env.update(OMP_NUM_THREADS="1", COLUMNS="200", PYTHONPATH=str(REPO / "src"), TERM="xterm-256color")
     command = ["-c", CHAT, str(tiny_qwen3), str(REPO / "tests")]
     child = pexpect.spawn(sys.executable, command, env=env, encoding="utf-8", timeout=120, dimensions=(50, 200))
     try:
