@@ -3,6 +3,7 @@ over 1,000 ordinary Alpaca records plus one record of SIZE megabytes of text.
 
     PYTHONPATH=src python benchmarks/huge_record.py                   # 50 MB, as in issue 10
     PYTHONPATH=src python benchmarks/huge_record.py --mb 50 500 --where line array
+    PYTHONPATH=/tmp/old/src python benchmarks/huge_record.py --mb 1 --text unbroken   # another checkout
 
 `--where line`: the record is one line of a JSON-lines file (rejected while read: over
 max_record_chars); `array`: an element of a JSON array (skipped the same way); `parsed`: a
@@ -44,7 +45,7 @@ print(json.dumps({
 """
 
 
-def write_inputs(folder: Path, megabytes: int, where: str) -> None:
+def write_inputs(folder: Path, megabytes: int, where: str, text: str = "words") -> None:
     folder.mkdir(parents=True)
     normal = [
         json.dumps({"instruction": f"Question {i}: what is {i} times three?", "output": f"It is {3 * i}. " * 3})
@@ -57,7 +58,9 @@ def write_inputs(folder: Path, megabytes: int, where: str) -> None:
         handle.write("\n".join(normal) + "\n")
     if not megabytes:
         return
-    piece = "lorem ipsum dolor sit amet " * 40_000  # about 1 MB, written repeatedly: this process stays small
+    # About 1 MB, written repeatedly (this process stays small): words, or one unbroken run of letters
+    # (a single pre-token for a BPE tokenizer, its worst case).
+    piece = "lorem ipsum dolor sit amet " * 40_000 if text == "words" else "loremipsumdolorsitamet" * 47_663
     name, start, end = "big.jsonl", '{"instruction": "huge", "output": "', '"}\n'
     if where == "array":
         name, start = "big.json", '[{"instruction": "q", "output": "a"},\n' + start
@@ -69,10 +72,10 @@ def write_inputs(folder: Path, megabytes: int, where: str) -> None:
         handle.write(piece[: chars % len(piece)] + end)
 
 
-def run(megabytes: int, where: str, workers: int) -> dict:
+def run(megabytes: int, where: str, workers: int, text: str) -> dict:
     with tempfile.TemporaryDirectory() as work:
         raw = Path(work) / "raw"
-        write_inputs(raw, megabytes, where)
+        write_inputs(raw, megabytes, where, text)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         result = subprocess.run(
             [sys.executable, "-c", CHILD, str(raw), str(Path(work) / "out"), str(workers)],
@@ -89,13 +92,17 @@ def main() -> None:
     parser.add_argument("--mb", type=int, nargs="+", default=[50], help="sizes of the huge record in MB")
     parser.add_argument("--where", nargs="+", default=["line"], choices=["line", "array", "parsed"])
     parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--text", choices=["words", "unbroken"], default="words", help="the huge record's text")
     args = parser.parse_args()
-    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, num_workers {args.num_workers}, max_length 2048")
+    print(
+        f"python {platform.python_version()}, {os.cpu_count()} CPUs, num_workers {args.num_workers}, "
+        f"max_length 2048, text {args.text}, load {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'record':>20} {'wall s':>8} {'CPU s':>8} {'main RSS MB':>12} {'worker RSS MB':>14}  rejected")
     cases = [(0, "line")] + [(mb, where) for where in args.where for mb in (args.mb if where != "parsed" else [4])]
     for megabytes, where in cases:
         started = time.perf_counter()
-        figures = run(megabytes, where, args.num_workers)
+        figures = run(megabytes, where, args.num_workers, args.text)
         label = (
             "none (baseline)"
             if not megabytes
