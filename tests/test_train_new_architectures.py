@@ -85,3 +85,22 @@ def test_lora_run_infers_exports_and_loads_in_plain_transformers(tmp_path, tiny_
     loaded = json.loads(door("-c", PLAIN_TRANSFORMERS, str(merged), cwd=merged).stdout.strip().splitlines()[-1])
     assert loaded["model_type"] == json.loads((Path(model) / "config.json").read_text())["model_type"]
     assert loaded["new_tokens"] >= 1
+
+
+@pytest.mark.slow
+def test_a_hybrid_run_killed_and_resumed_ends_like_an_uninterrupted_one(tmp_path, tiny_new_model):
+    """As tests/test_train_resume.py proves for Qwen2, on Qwen3.5 (packed, isolated linear attention)."""
+    from safetensors.torch import load_file
+    from test_train_resume import kill_after_first_checkpoint, losses, run, write_config
+
+    model = tiny_new_model("qwen3_5")
+    data = write_data(tmp_path / "data", train=24, validation=0)
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "cut").mkdir()
+    whole, cut = write_config(tmp_path / "whole", model, data), write_config(tmp_path / "cut", model, data)
+    run(whole)
+    output_dir = kill_after_first_checkpoint(cut)
+    run(cut, "--resume_from_checkpoint", "latest")
+    assert losses(output_dir) == losses(whole.parent / "out")
+    expected, resumed = load_file(whole.parent / "out" / "adapter_model.safetensors"), load_file(output_dir / "adapter_model.safetensors")
+    assert expected.keys() == resumed.keys() and all((expected[k] == resumed[k]).all() for k in expected)
