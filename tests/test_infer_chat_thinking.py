@@ -61,9 +61,10 @@ def test_think_and_no_think_in_a_terminal(tiny_qwen3):
         assert "".join(re.findall(re.escape(DIM) + r"(.*?)\x1b\[0m", shown)) == "Multiply 23 by 17.", repr(shown)
         assert "Multiply" not in shown.split("\n")[-2] and shown.split("\n")[-2].strip() == "The product is 391."
 
-        child.sendline("/no_think")
+        child.sendline("/no_think 23 * 17?")  # switch and ask at once
         child.expect("thinking off")
         child.expect("You:")
+        assert "Plainly: 391." in child.before and DIM not in child.before
         child.sendeof()
         child.expect(pexpect.EOF)
     finally:

@@ -17,7 +17,8 @@ HELP = """commands:
   /clear         forget the conversation
   /system TEXT   set the system prompt (and forget the conversation); /system alone shows it
   /think         answers start with reasoning, shown dimmed and not kept in the conversation
-  /no_think      answers without reasoning (Qwen3-style models: enable_thinking)
+  /no_think      answers without reasoning (Qwen3-style models: enable_thinking);
+                 either may be followed by a message, sent at once
   /help          this help
   /exit          leave (Ctrl-D works too)
 Ctrl-C stops the answer being written; the conversation goes on."""
@@ -123,7 +124,11 @@ def chat_loop(engine, settings: GenerationSettings) -> int:
             continue
         if not text:
             continue
-        if text.startswith("/"):
+        command, _, message = text.partition(" ")
+        if command in ("/think", "/no_think") and message.strip():  # switch, then send the rest
+            _run_command(engine, history, command)
+            text = message.strip()
+        elif text.startswith("/"):
             if not _run_command(engine, history, text):
                 return 0
             continue
