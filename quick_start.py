@@ -11,7 +11,9 @@ if __name__ == "__main__":
     if {"--install", "--full"} & set(sys.argv[1:]):
         install_requirements()
     elif requirements_missing():
-        sys.exit(f"missing packages: {', '.join(requirements_missing())}. Run: python quick_start.py --install")
+        # Before qwentune's own handler can load: the same shape as its errors (exit 1: the run cannot start).
+        print(f"error: missing packages: {', '.join(requirements_missing())}\n  run: python quick_start.py --install", file=sys.stderr)
+        sys.exit(1)
     from qwentune.quickstart import main
 
     sys.exit(main())
