@@ -111,6 +111,7 @@ def test_the_set_is_swapped_in_whole_and_keeps_other_files(tmp_path):
     [
         ("preprocess:spooled", "old"),  # records spooled, outputs half written
         ("preprocess:staged", "old"),  # the whole new set staged, not yet swapped
+        ("preprocess:linked", "old"),  # the user's file hard-linked into the staging folder too
         ("preprocess:swapped", "new"),  # swapped, the old set not yet removed
     ],
 )
@@ -139,6 +140,7 @@ def test_sigkill_at_any_point_leaves_one_complete_set(tmp_path, point, expected)
     assert "left by a preprocess run that was killed" in printed
     assert stage_folders(out) == [] and output_set(out) == sets["new"]
     assert sorted(os.listdir(out)) == sorted([*OUTPUT_FILES, "notes.txt"])
+    assert (out / "notes.txt").read_text() == "mine\n"  # removing a dead staging folder only drops links
 
 
 def test_a_live_runs_working_folder_is_never_removed(tmp_path):

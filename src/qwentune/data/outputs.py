@@ -148,6 +148,7 @@ class OutputSet:
         with contextlib.suppress(OSError):
             os.chmod(stage, os.stat(folder).st_mode & 0o7777)
         _link_foreign_entries(folder, stage)
+        fault_point("preprocess:linked")
         exchange(folder, stage)
         fault_point("preprocess:swapped")
         fsync_dir(folder.parent)
