@@ -218,3 +218,27 @@ def test_a_batch_file_keeps_the_reasoning_apart(engine, tmp_path):
     assert (first["answer"], first["reasoning"]) == ("23 × 17 = 391.", "The user wants the weather.\nI should answer.")
     assert second["answer"] == "Hello!" and "reasoning" not in second
     assert (tmp_path / "answers.txt").read_text(encoding="utf-8") == "23 × 17 = 391.\nHello!\n"
+
+
+def test_a_template_that_opens_the_think_block_itself(tiny_qwen3, qwen_tokenizer, tmp_path):
+    """Templates like Qwen3-*-Thinking-2507's end the generation prompt with `<think>\\n`: the reply starts inside it."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "opens-think"
+    shutil.copytree(tiny_qwen3, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    closing = "        {{- '<think>\\n\\n</think>\\n\\n' }}\n    {%- endif %}"
+    assert closing in qwen_tokenizer.chat_template
+    tokenizer.chat_template = qwen_tokenizer.chat_template.replace(
+        closing, "        {{- '<think>\\n\\n</think>\\n\\n' }}\n    {%- else %}\n        {{- '<think>\\n' }}\n    {%- endif %}"
+    )
+    tokenizer.save_pretrained(folder)
+    engine = QwenInference(str(folder))
+    script_replies(engine, lambda prompt: "Multiply.\n</think>\n\n391." if prompt.endswith("<think>\n") else "391.")
+    assert engine.prepare(QUESTION, enable_thinking=True).thinking_open
+    reply = engine.respond(QUESTION, enable_thinking=True)
+    assert (reply.reasoning_content, reply.content) == ("Multiply.", "391.")
+    deltas = list(engine.stream_reply(QUESTION, enable_thinking=True))
+    assert deltas[0].kind == "reasoning" and "".join(d.text for d in deltas if d.kind == "reasoning") == "Multiply."
+    plain = engine.respond(QUESTION)
+    assert not engine.prepare(QUESTION).thinking_open and (plain.reasoning_content, plain.content) == (None, "391.")
