@@ -138,3 +138,23 @@ def test_plan_counts_parameters_exactly_and_active_ones_per_token(tiny_new_model
     assert shape.active == shape.total - unused
     shared = getattr(text, "shared_expert_intermediate_size", 0) or 0
     assert shape.intermediate == text.num_experts_per_tok * text.moe_intermediate_size + shared
+
+
+def test_moe_routers_stay_in_fp32_when_the_model_trains_in_bf16(tiny_new_model, examples):
+    from transformers import AutoModelForCausalLM
+
+    from qwentune.config.base import load_config
+    from qwentune.config.training import TrainConfig
+    from qwentune.model.adapters import prepare_for_finetuning
+
+    folder = tiny_new_model("qwen3_moe")
+    config = load_config(TrainConfig, None, [f"model.model_name_or_path={folder}", "lora.target_modules=all-linear"])
+    model = prepare_for_finetuning(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16), config)
+    routers = {n: p.dtype for n, p in model.named_parameters() if n.endswith("mlp.gate.weight")}
+    assert routers and set(routers.values()) == {torch.float32}
+    assert {p.dtype for n, p in model.named_parameters() if "embed_tokens" in n} == {torch.bfloat16}
+    batch = PackingCollator(logits_selection=None)(features(examples))
+    output = model(**batch)
+    output.loss.backward()
+    assert torch.isfinite(output.loss) and output.aux_loss.dtype == torch.float32
+    assert any(p.grad is not None for p in model.parameters() if p.requires_grad)

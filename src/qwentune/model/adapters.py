@@ -128,11 +128,35 @@ def prepare_for_finetuning(model, config: TrainConfig, *, fp32_trainable: bool =
     # (released Qwen3-MoE configs ship output_router_logits false, which suits inference only).
     if getattr(model.config, "router_aux_loss_coef", None):
         model.config.output_router_logits = True
+    model = routers_in_fp32(model)
     model = FINETUNING_METHODS[config.training.finetuning_type](model, config)
     if fp32_trainable:
         for parameter in model.parameters():
             if parameter.requires_grad and parameter.dtype != torch.float32:
                 parameter.data = parameter.data.float()
+    return model
+
+
+def _fp32_routing(forward):
+    """A router forward computed in fp32, its routing weights handed back in the experts' dtype."""
+
+    def route(hidden_states):
+        logits, weights, experts = forward(hidden_states.float())
+        return logits, weights.to(hidden_states.dtype), experts
+
+    return route
+
+
+def routers_in_fp32(model):
+    """MoE routers (…TopKRouter) of a half-precision model kept in fp32, as Qwen trains them.
+
+    bf16 keeps 8 bits of mantissa, so close router logits can tie or swap and send a token to other
+    experts; the router is a sliver of the parameters. Other models are returned unchanged.
+    """
+    for module in model.modules():
+        if type(module).__name__.endswith("TopKRouter") and module.weight.dtype in (torch.float16, torch.bfloat16):
+            module.float()
+            module.forward = _fp32_routing(module.forward)
     return model
 
 
