@@ -166,6 +166,16 @@ def test_a_model_that_cannot_load_exits_1_in_every_stage(broken_model, tmp_path,
     assert err.count("error:") == 1
 
 
+def test_a_damaged_tokenizer_is_named_not_a_traceback(tiny_qwen2, tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_qwen2, folder)
+    tokenizer = folder / "tokenizer.json"
+    tokenizer.write_bytes(tokenizer.read_bytes()[:1000])
+    assert main(["infer", "--model_path", str(folder), "--input", "hi"]) == EXIT_FAILED
+    err = stderr_of(capsys)
+    assert f"could not load the tokenizer '{folder}'" in err and "complete tokenizer" in err and "Traceback" not in err
+
+
 # --- parsing -----------------------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ one without a reasoning field gets reasoning inline, `<think>\n…\n</think>\n\n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from qwentune.console import notice
 from qwentune.data.toolcalls import normalise_call, qwen_style_messages, template_calls
@@ -31,22 +32,29 @@ CHATML_END_OF_TURN = "<|im_end|>"
 def load_tokenizer(name_or_path: str = DEFAULT_TOKENIZER, trust_remote_code: bool = False):
     """A fast tokenizer by hub id, local folder or embedded name, with a pad token set.
 
-    Raises ModelUnavailable (an OSError) with what to do when it cannot be found or fetched.
+    Raises ModelUnavailable (an OSError) with what to do when it cannot be found or fetched, and
+    RunFailed naming the folder when a local tokenizer cannot be read.
     """
     from transformers import AutoTokenizer
 
     from qwentune.assets import resolve_model_name
+    from qwentune.errors import RunFailed
     from qwentune.hub import ModelUnavailable, from_pretrained_kwargs
 
     path = resolve_model_name(name_or_path)
     access = from_pretrained_kwargs(path, "tokenizer")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **access)
-    except OSError as exc:
-        raise ModelUnavailable(
-            f"could not load the tokenizer '{name_or_path}': {exc}\n"
-            "If the Hugging Face hub is unreachable, set HF_ENDPOINT to a mirror, pass a local folder, "
-            f"or use the embedded Qwen tokenizer ('{DEFAULT_TOKENIZER}')."
+    except Exception as exc:  # the tokenizers library raises a bare Exception for a damaged tokenizer.json
+        if isinstance(exc, OSError) and not Path(path).exists():
+            raise ModelUnavailable(
+                f"could not load the tokenizer '{name_or_path}': {exc}\n"
+                "If the Hugging Face hub is unreachable, set HF_ENDPOINT to a mirror, pass a local folder, "
+                f"or use the embedded Qwen tokenizer ('{DEFAULT_TOKENIZER}')."
+            ) from exc
+        raise RunFailed(
+            f"could not load the tokenizer '{name_or_path}': {type(exc).__name__}: {exc}",
+            advice="check that the folder holds a complete tokenizer (tokenizer.json, tokenizer_config.json); copy it again",
         ) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
