@@ -104,3 +104,51 @@ def test_a_hybrid_run_killed_and_resumed_ends_like_an_uninterrupted_one(tmp_path
     assert losses(output_dir) == losses(whole.parent / "out")
     expected, resumed = load_file(whole.parent / "out" / "adapter_model.safetensors"), load_file(output_dir / "adapter_model.safetensors")
     assert expected.keys() == resumed.keys() and all((expected[k] == resumed[k]).all() for k in expected)
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3_5_multimodal(tmp_path_factory, qwen_tokenizer) -> Path:
+    """A tiny Qwen3.5 checkpoint as released: `Qwen3_5ForConditionalGeneration`, vision tower included."""
+    import torch
+    from conftest import NEW_ARCHITECTURES
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    text = dict(
+        vocab_size=len(qwen_tokenizer), hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, tie_word_embeddings=True, eos_token_id=qwen_tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=qwen_tokenizer.pad_token_id, **NEW_ARCHITECTURES["qwen3_5"][1],
+    )  # fmt: skip
+    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64)
+    torch.manual_seed(0)
+    model = Qwen3_5ForConditionalGeneration(Qwen3_5Config(text_config=text, vision_config=vision, tie_word_embeddings=True))
+    folder = tmp_path_factory.mktemp("tiny-qwen3_5-multimodal")
+    model.save_pretrained(folder)
+    qwen_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_a_multimodal_checkpoint_trains_on_text_and_exports_as_its_own_class(tmp_path, tiny_qwen3_5_multimodal):
+    import torch
+    from safetensors.torch import load_file
+    from test_train_recipe import make_config
+    from transformers import AutoModelForImageTextToText
+
+    from qwentune.model.export import export_merged
+    from qwentune.model.loader import load_for_inference
+    from qwentune.train.recipe import run_training
+
+    data = write_data(tmp_path / "data", train=8, validation=0)
+    run_training(make_config(tmp_path, tiny_qwen3_5_multimodal, (data[0], None), "lora.target_modules=all-linear", "training.max_steps=2"))
+    adapter = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert adapter and not [name for name in adapter if "visual" in name]  # LoRA on the language model only
+    tuned, tokenizer, _ = load_for_inference(str(tmp_path / "out"), dtype="saved")
+    merged = export_merged(str(tmp_path / "out"), str(tmp_path / "merged"))
+    exported = AutoModelForImageTextToText.from_pretrained(merged).eval()
+    original = AutoModelForImageTextToText.from_pretrained(tiny_qwen3_5_multimodal)
+    assert type(exported).__name__ == type(original).__name__ == "Qwen3_5ForConditionalGeneration"
+    vision = {n: p for n, p in original.named_parameters() if ".visual." in f".{n}"}
+    assert vision and all(torch.equal(p, dict(exported.named_parameters())[n]) for n, p in vision.items())
+    ids = torch.tensor([tokenizer.encode("the cat and the dog")])
+    with torch.no_grad():
+        torch.testing.assert_close(exported(input_ids=ids).logits, tuned(input_ids=ids).logits, atol=1e-4, rtol=0)
