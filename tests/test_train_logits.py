@@ -108,6 +108,7 @@ def test_training_losses_are_the_same_whichever_form_the_probe_picks(tmp_path, t
         monkeypatch.setattr(logits, "logits_selection", lambda model_class, s=selection: s)
         forced[selection] = losses(tmp_path, tiny_qwen2, data, f"forced-{selection}", f"data.batching={batching}")
     assert len(probed) == 3
+    print(f"losses ({batching}): probed {probed}; full logits {forced[None]}; positions {forced['positions']}")  # for -s
     # Full logits are the reference every release computes; either selection must reproduce them.
     assert forced[None] == pytest.approx(probed, abs=1e-5)
     assert forced["positions"] == pytest.approx(probed, abs=1e-5)

@@ -56,8 +56,8 @@ def _installed(name: str) -> str | None:
         return None
 
 
-def dependency_versions(skip_extras: tuple[str, ...] = ("dev",)) -> list[DependencyVersion]:
-    """Every declared dependency (test tools left out), its supported range and installed version."""
+def dependency_versions(skip_extras: tuple[str, ...] = ("dev", "bench")) -> list[DependencyVersion]:
+    """Every declared dependency (test and benchmark tools left out), its supported range and installed version."""
     rows = []
     for line in declared_requirements():
         requirement = Requirement(line)
