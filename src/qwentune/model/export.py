@@ -54,6 +54,7 @@ def export_merged(
     from qwentune.data.tokenize import template_kwargs
     from qwentune.model.checkpoint import read_meta, save_inference_files
     from qwentune.model.loader import load_for_inference
+    from qwentune.model.multimodal import with_vision_tower
 
     output = Path(output_dir)
     if output.exists() and any(output.iterdir()):
@@ -63,6 +64,8 @@ def export_merged(
     )
     if info["adapter"]:
         model = model.merge_and_unload()
+    # A multimodal base (Qwen3.5) trained on text: the merged language model goes back beside its vision tower.
+    model = with_vision_tower(model, info["base_model"], trust_remote_code=trust_remote_code)
     tokenizer.chat_template = template_with_training_defaults(
         tokenizer.chat_template, info["system_prompt"], template_kwargs(tokenizer, info["enable_thinking"])
     )
@@ -83,6 +86,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--model_path", default=str(CHECKPOINTS_DIR), help="training output, checkpoint, adapter or model folder"
     )
     parser.add_argument("--output_dir", required=True, help="new folder for the standalone model")
+    parser.add_argument(
+        "--format", choices=["hf", "gguf"], default="hf",
+        help="hf: merged transformers folder (vLLM, SGLang); gguf: one file for llama.cpp, Ollama, LM Studio",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quantization", default="f16",
+        help="GGUF type: f16, bf16, q8_0, f32 (no extra needed), or q4_k_m, q5_k_m, q6_k, ... (llamacpp extra)",
+    )  # fmt: skip
+    parser.add_argument("--ollama", action="store_true", help="with --format gguf: also write an Ollama Modelfile")
     parser.add_argument("--base_model", default=None, help="base model of an adapter (default: the one it names)")
     parser.add_argument("--device", default="cpu", help="where to merge (cpu needs no accelerator memory)")
     parser.add_argument(
@@ -91,6 +103,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    if args.format == "gguf" or args.ollama:
+        return _run_gguf(args)
     with console.status(f"Exporting {args.model_path} ..."):
         output = export_merged(
             args.model_path,
@@ -103,4 +117,25 @@ def run_cli(args: argparse.Namespace) -> int:
         f"[green]Exported[/green] to {output}. Load it anywhere with "
         f"AutoModelForCausalLM.from_pretrained('{output}') and AutoTokenizer.from_pretrained('{output}')."
     )
+    return 0
+
+
+def _run_gguf(args: argparse.Namespace) -> int:
+    from qwentune.errors import UsageError
+    from qwentune.model.gguf_export import export_gguf
+    from qwentune.model.ollama import MODELFILE, ollama_commands
+
+    if args.format != "gguf":
+        raise UsageError("--ollama writes a Modelfile for a GGUF file: add --format gguf")
+    with console.status(f"Exporting {args.model_path} to GGUF ({args.quantization}) ..."):
+        target = export_gguf(
+            args.model_path, args.output_dir, args.quantization, ollama=args.ollama, base_model=args.base_model,
+            device=args.device, trust_remote_code=args.trust_remote_code,
+        )  # fmt: skip
+    size = target.stat().st_size / 2**20
+    console.print(f"[green]Exported[/green] {target} ({size:.1f} MiB). Run it with: llama-cli -m {target} -cnv")
+    if args.ollama:
+        console.print("Load it into Ollama with:")
+        for command in ollama_commands(target.parent / MODELFILE, Path(args.output_dir).resolve().name.lower()):
+            console.print(f"  {command}", highlight=False)
     return 0
