@@ -26,6 +26,18 @@ class EvalModelConfig(StrictModel):
     device: str = "auto"
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
+    # llamacpp: generation and perplexity by llama.cpp on CPU (the llamacpp extra), from a GGUF of
+    # type gguf_quantization exported once and cached next to the model; device and torch_dtype stay "auto".
+    backend: Literal["torch", "llamacpp"] = "torch"
+    gguf_quantization: str = "f16"
+
+    @model_validator(mode="after")
+    def _backend_settings(self):
+        if self.backend == "llamacpp" and (self.device != "auto" or self.torch_dtype != "auto"):
+            raise ValueError("model.backend llamacpp runs on CPU with the GGUF's types: leave device and torch_dtype at 'auto'")
+        if self.backend == "torch" and self.gguf_quantization != "f16":
+            raise ValueError("model.gguf_quantization is read with model.backend: llamacpp only")
+        return self
 
 
 class EvalDatasetConfig(StrictModel):

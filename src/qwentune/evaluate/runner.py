@@ -243,6 +243,8 @@ def model_perplexity(engine, samples: list[Sample], batch_size: int):
 
     # The prompt as the model sees it when generating (with the system prompt it was trained with).
     prompts = [as_messages(s.prompt, engine.system_prompt) for s in samples]
+    if hasattr(engine, "sequence_nll"):  # llama.cpp scores the same labelled tokens itself
+        return _llamacpp_perplexity(engine, prompts, samples)
     try:
         return metrics.perplexity(
             engine.model,
@@ -267,12 +269,29 @@ def preference_margins(engine, pairs: list[Sample], batch_size: int) -> list[flo
 
 # --- the recipe ---------------------------------------------------------------------------------------
 
+def _llamacpp_perplexity(engine, prompts: list[list[dict]], samples: list[Sample]) -> float:
+    import math
+
+    from qwentune.evaluate import metrics
+
+    sequences = [metrics._reference_sequence(engine.tokenizer, p, s.reference) for p, s in zip(prompts, samples)]
+    scored = [engine.sequence_nll(ids, labels) for ids, labels in sequences if len(ids) <= engine.context_length]
+    nll, count = (sum(column) for column in zip(*scored)) if scored else (0.0, 0)
+    if len(scored) < len(sequences):
+        notice(f"perplexity (llama.cpp): {len(sequences) - len(scored)} samples longer than the context left out")
+    return math.exp(nll / count) if count else metrics.not_available("no token to predict")
+
+
 def _models_to_evaluate(config: EvalConfig) -> dict[str, dict]:
-    """{label: QwenInference kwargs}: the tuned model, and its base when comparing."""
+    """{label: load_engine kwargs}: the tuned model, and its base when comparing."""
     from qwentune.model.checkpoint import base_model_of, resolve_model_dir
 
     model = config.model
-    common = dict(device=model.device, dtype=model.torch_dtype, trust_remote_code=model.trust_remote_code)
+    common = dict(backend=model.backend, trust_remote_code=model.trust_remote_code)
+    if model.backend == "llamacpp":
+        common["quantization"] = model.gguf_quantization
+    else:
+        common.update(device=model.device, dtype=model.torch_dtype)
     models = {TUNED: dict(model_path=model.model_path, base_model=model.base_model, **common)}
     if model.compare_base:
         target = resolve_model_dir(model.model_path)
@@ -311,7 +330,7 @@ def run_evaluation(config: EvalConfig) -> dict:
     from qwentune.assets import resolve_model_name
     from qwentune.evaluate import metrics
     from qwentune.evaluate.report import write_reports
-    from qwentune.infer.engine import QwenInference
+    from qwentune.infer.backends import load_engine
 
     started = time.time()
     for line in config.inert_settings():
@@ -339,7 +358,7 @@ def run_evaluation(config: EvalConfig) -> dict:
     for label, kwargs in models.items():
         console.rule(f"[bold]{label}: {kwargs['model_path']}")
         with console.status(f"Loading {kwargs['model_path']} ..."):
-            engine = QwenInference(**kwargs)
+            engine = load_engine(**kwargs)
         model_info[label] = engine.info
         entries = predict(engine, unique, settings, results_dir / "cache" / f"predictions-{label}.jsonl", label)
         predictions[label] = {sample_id: entry["prediction"] for sample_id, entry in entries.items()}

@@ -38,12 +38,24 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Qwen3-style models: reason in a think block before answering (default: as the model was trained)",
     )
+    parser.add_argument(
+        "--backend", choices=["torch", "llamacpp"], default="torch",
+        help="torch: PyTorch; llamacpp: llama.cpp on CPU (llamacpp extra) from a .gguf --model_path, "
+        "or a GGUF exported once and cached next to the model",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gguf_quantization",
+        default="f16",
+        help="with --backend llamacpp: the cached GGUF's type (f16, q8_0, q4_k_m...)",
+    )
 
 
 def load_engine(args: argparse.Namespace):
     """The engine for the model the arguments name (a model that cannot load raises RunFailed: exit 1)."""
     from qwentune.infer.engine import QwenInference
 
+    if args.backend == "llamacpp":
+        return _load_llamacpp(args)
     with console.status(f"Loading {args.model_path} ..."):
         return QwenInference(
             args.model_path,
@@ -51,6 +63,25 @@ def load_engine(args: argparse.Namespace):
             device=args.device,
             dtype=args.dtype,
             quantization_bit=args.load_in_bits,
+            trust_remote_code=args.trust_remote_code,
+            system_prompt=args.system,
+            enable_thinking=args.enable_thinking,
+        )
+
+
+def _load_llamacpp(args: argparse.Namespace):
+    from qwentune.infer.backends.llamacpp import LlamaCppInference
+
+    if args.load_in_bits is not None or args.device not in ("auto", "cpu") or args.dtype != "auto":
+        raise UsageError(
+            "--backend llamacpp runs on CPU with the GGUF's own types: "
+            "drop --load_in_bits/--device/--dtype and choose --gguf_quantization"
+        )
+    with console.status(f"Loading {args.model_path} with llama.cpp (a first run exports the GGUF) ..."):
+        return LlamaCppInference(
+            args.model_path,
+            quantization=args.gguf_quantization,
+            base_model=args.base_model,
             trust_remote_code=args.trust_remote_code,
             system_prompt=args.system,
             enable_thinking=args.enable_thinking,
