@@ -113,85 +113,80 @@ class ReplyParser:
 
     def _advance(self, final: bool) -> list[Delta]:
         out: list[Delta] = []
-        while True:
-            step = getattr(self, f"_{self.mode}")(out, final)
-            if not step:
-                return [d for d in out if d.text or d.tool_call]
+        going = True
+        while going:
+            pieces, going = getattr(self, f"_{self.mode}")(final)
+            out += pieces
+        return [d for d in out if d.text or d.tool_call]
 
-    # Each mode consumes what it can of `pending`; True when it changed mode and the loop goes on.
+    # Each mode consumes what it can of `pending` and returns the pieces it hands out, and True when
+    # it changed mode (the next mode goes on with the rest).
 
-    def _start(self, out: list[Delta], final: bool) -> bool:
+    def _start(self, final: bool) -> tuple[list[Delta], bool]:
         head = self.pending.lstrip()
         if head.startswith(THINK_OPEN):
             self.pending, self.mode = head[len(THINK_OPEN) :], "reasoning"
-            return True
+            return [], True
         if not final and THINK_OPEN.startswith(head):  # blank so far, or a tag still arriving
-            return False
+            return [], False
         self.mode = "content"
-        return True
+        return [], True
 
-    def _reasoning(self, out: list[Delta], final: bool) -> bool:
+    def _reasoning(self, final: bool) -> tuple[list[Delta], bool]:
         if not self.reasoning_begun:  # the template writes "<think>\n" before the reasoning
             self.pending = self.pending.lstrip("\n")
             self.reasoning_begun = bool(self.pending)
         end = self.pending.find(THINK_CLOSE)
         if end >= 0:
-            out.append(Delta("reasoning", self.pending[:end].rstrip("\n")))
+            reasoning = self.pending[:end].rstrip("\n")
             self.pending, self.mode = self.pending[end + len(THINK_CLOSE) :], "answer_start"
-            return True
+            return [Delta("reasoning", reasoning)], True
         if final:  # the reply ended while thinking (its token limit): all of it was reasoning
-            out.append(Delta("reasoning", self.pending.rstrip("\n")))
-            self.pending = ""
-            return False
+            reasoning, self.pending = self.pending.rstrip("\n"), ""
+            return [Delta("reasoning", reasoning)], False
         # Keep back a tag still arriving and newlines that may be the ones before "</think>".
         cut = len(self.pending) - _partial_tag(self.pending, THINK_CLOSE)
         cut = len(self.pending[:cut].rstrip("\n"))
-        out.append(Delta("reasoning", self.pending[:cut]))
-        self.pending = self.pending[cut:]
-        return False
+        reasoning, self.pending = self.pending[:cut], self.pending[cut:]
+        return [Delta("reasoning", reasoning)], False
 
-    def _answer_start(self, out: list[Delta], final: bool) -> bool:
+    def _answer_start(self, final: bool) -> tuple[list[Delta], bool]:
         self.pending = self.pending.lstrip("\n")  # the template's blank line between reasoning and answer
         if not self.pending and not final:
-            return False
+            return [], False
         self.mode = "content"
-        return True
+        return [], True
 
-    def _content(self, out: list[Delta], final: bool) -> bool:
+    def _content(self, final: bool) -> tuple[list[Delta], bool]:
         start = self.pending.find(CALL_OPEN) if self.tool_names is not None else -1
         if start >= 0:
             # Blank lines before a call are layout, not answer (held back until now, so never streamed).
-            out.append(Delta("content", self.pending[:start].rstrip()))
+            before = self.pending[:start].rstrip()
             self.pending, self.mode = self.pending[start + len(CALL_OPEN) :], "call"
-            return True
+            return [Delta("content", before)], True
         if final:
-            if self.pending.strip() or not self.calls:
-                out.append(Delta("content", self.pending))
-            self.pending = ""
-            return False
+            text, self.pending = self.pending, ""
+            return ([Delta("content", text)] if text.strip() or not self.calls else []), False
         keep = _partial_tag(self.pending, CALL_OPEN) if self.tool_names is not None else 0
         # Trailing whitespace waits for what follows: more answer, a call, or the end.
         upto = len(self.pending[: len(self.pending) - keep].rstrip())
-        out.append(Delta("content", self.pending[:upto]))
-        self.pending = self.pending[upto:]
-        return False
+        text, self.pending = self.pending[:upto], self.pending[upto:]
+        return [Delta("content", text)], False
 
-    def _call(self, out: list[Delta], final: bool) -> bool:
+    def _call(self, final: bool) -> tuple[list[Delta], bool]:
         end = self.pending.find(CALL_CLOSE)
         if end < 0:
             if final:  # never closed (cut by the token limit): the model's text, as written
-                out.append(Delta("content", CALL_OPEN + self.pending))
-                self.pending = ""
-            return False
+                text, self.pending = CALL_OPEN + self.pending, ""
+                return [Delta("content", text)], False
+            return [], False
         body, self.pending = self.pending[:end], self.pending[end + len(CALL_CLOSE) :]
+        self.mode = "content"
         call = parse_call(body, self.tool_names) if self.max_calls is None or self.calls < self.max_calls else None
         if call is None:
-            out.append(Delta("content", CALL_OPEN + body + CALL_CLOSE))
-        else:
-            out.append(Delta("tool_call", tool_call=call))
-            self.calls += 1
-        self.mode = "content"
-        return True
+            return [Delta("content", CALL_OPEN + body + CALL_CLOSE)], True
+        self.calls += 1
+        return [Delta("tool_call", tool_call=call)], True
 
 
 def final_reason(finish_reason: str, called: bool) -> str:
