@@ -262,12 +262,26 @@ def preference_margins(engine, pairs: list[Sample], batch_size: int) -> list[flo
     """Length-normalised log-prob margin (chosen - rejected) of each pair, prompted as the model generates."""
     from qwentune.infer.engine import as_messages
 
+    if hasattr(engine, "sequence_nll"):  # llama.cpp scores the same trained tokens of each reply
+        return _llamacpp_margins(engine, [(as_messages(s.prompt, engine.system_prompt), s.reference, s.rejected) for s in pairs])
     return pair_margins(
         engine.model, engine.tokenizer, [(as_messages(s.prompt, engine.system_prompt), s.reference, s.rejected) for s in pairs], batch_size
     )
 
 
 # --- the recipe ---------------------------------------------------------------------------------------
+
+def _llamacpp_margins(engine, pairs: list[tuple[list[dict], str, str]]) -> list[float]:
+    """pair_margins with llama.cpp: mean log-prob of the chosen reply's trained tokens minus the rejected one's."""
+    from qwentune.data.tokenize import encode_conversation
+
+    def mean_logp(prompt: list[dict], reply: str) -> float:
+        encoded = encode_conversation(engine.tokenizer, [*prompt, {"role": "assistant", "content": reply}], last_turn_only=True)
+        nll, count = engine.sequence_nll(encoded.input_ids, encoded.labels)
+        return -nll / max(count, 1)
+
+    return [mean_logp(prompt, chosen) - mean_logp(prompt, rejected) for prompt, chosen, rejected in pairs]
+
 
 def _llamacpp_perplexity(engine, prompts: list[list[dict]], samples: list[Sample]) -> float:
     import math
