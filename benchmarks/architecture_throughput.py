@@ -102,8 +102,8 @@ def trial(folder: Path, model: Path, arm: str, train_file: Path, args) -> dict:
     with open(folder / "console.txt", "w") as console:
         process = subprocess.Popen([sys.executable, __file__, "--trial", str(config)], stdout=console, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(process.pid, 0)
-    if status != 0:
-        raise RuntimeError(f"{arm} trial failed; see {folder / 'console.txt'}")
+    if status != 0:  # the folder goes with the temporary root: show why here
+        raise RuntimeError(f"{arm} trial failed:\n" + "\n".join((folder / "console.txt").read_text().splitlines()[-15:]))
     summary = json.loads((folder / "out" / "qwentune_meta.json").read_text())["train_summary"]
     plan = re.search(r"memory ≈ ([\d.]+) GiB", (folder / "logs" / "training.log").read_text())
     losses = [p["loss"] for p in json.loads((folder / "out" / "loss_history.json").read_text()) if p["loss"] is not None]
