@@ -133,6 +133,9 @@ class LlamaCppInference(QwenInference):
             options = dict(temp=0.0, top_k=0, top_p=1.0)
         else:
             options = dict(temp=sampling.temperature, top_k=sampling.top_k or 0, top_p=sampling.top_p or 1.0)
+        # Forget the previous prompt: llama-cpp-python would reuse its common prefix from the KV cache, and
+        # a prompt evaluated in other chunks can round differently and flip a near-tie (measured on the demo model).
+        self.model.reset()
         tokens = self.model.generate(
             request.prompt_ids, min_p=0.0, repeat_penalty=sampling.repetition_penalty or 1.0, reset=True, **options
         )
