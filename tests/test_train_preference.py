@@ -208,18 +208,19 @@ def test_dpo_run_learns_the_training_pairs(tmp_path, tiny_qwen2, finetuning, ext
     from qwentune.train.recipe import run_training
 
     train = write_jsonl(tmp_path / "train.jsonl", [{"id": str(i), "source": "t", "lang": "en", **p, "meta": {}} for i, p in enumerate(PAIRS)])
+    validation = write_jsonl(tmp_path / "validation.jsonl", [{"id": "v", "source": "t", "lang": "en", **PAIRS[0], "meta": {}}])
     config = validate(TrainConfig, {
         "model": {"model_name_or_path": str(tiny_qwen2)},
-        "data": {"train_file": str(train), "validation_file": None, "max_seq_length": 256},
+        "data": {"train_file": str(train), "validation_file": str(validation), "max_seq_length": 256},
         "training": {"stage": "dpo", "output_dir": str(tmp_path / "out"), "logging_dir": str(tmp_path / "logs"),
-                     "max_steps": 6, "per_device_train_batch_size": 3, "logging_steps": 1, "save_steps": 100,
+                     "max_steps": 6, "per_device_train_batch_size": 3, "logging_steps": 1, "save_steps": 6, "eval_steps": 6,
                      "learning_rate": 5e-3 if finetuning == "lora" else 1e-3, "warmup_ratio": 0, "report_to": [],
                      "lr_scheduler_type": "constant", "finetuning_type": finetuning, **extra},
         "lora": {"use_lora": finetuning == "lora", "r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
                  "target_modules": "all-linear"},
     })
     run_training(config)
-    logged = [json.loads(line[line.index("{"):]) for line in (tmp_path / "logs" / "training.log").read_text().splitlines() if " step " in line and "rewards/chosen" in line]
+    logged = [json.loads(line[line.index("{"):]) for line in (tmp_path / "logs" / "training.log").read_text().splitlines() if " step " in line and '"rewards/chosen"' in line]
     assert len(logged) == 6
     # The first step's policy is the reference: log 2 exactly, zero rewards.
     assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
@@ -227,6 +228,10 @@ def test_dpo_run_learns_the_training_pairs(tmp_path, tiny_qwen2, finetuning, ext
     assert logged[-1]["loss"] < logged[0]["loss"] - 0.01
     assert logged[-1]["rewards/margins"] > 0 and logged[-1]["rewards/accuracies"] == 1.0
     assert (tmp_path / "out" / "preference_curves.png").stat().st_size > 0
+    # Validation computes the preference loss too, with its own rewards and accuracy.
+    evaluated = [json.loads(line[line.index("{"):]) for line in (tmp_path / "logs" / "training.log").read_text().splitlines() if '"eval_loss"' in line]
+    assert len(evaluated) == 1 and evaluated[0]["eval_rewards/accuracies"] in (0.0, 1.0)
+    assert evaluated[0]["eval_loss"] < math.log(2)  # the validation pair is a training pair, learnt by now
 
 
 def test_a_lora_output_loads_merged_into_its_base(training_output, varied_model, one_torch_thread):

@@ -312,6 +312,13 @@ class PreferenceTrainer(Trainer):
         loss = losses.mean()
         return (loss, {"logps": logps}) if return_outputs else loss
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # The batch has no `labels`, so the Trainer's own step would skip the loss: evaluate the preference loss.
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
     def log(self, logs: dict, start_time: float | None = None) -> None:
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
