@@ -11,6 +11,7 @@ import torch
 
 from qwentune.data.pack import PackingCollator, PaddingCollator
 from qwentune.data.tokenize import IGNORE_INDEX, EncodedExample, encode_conversation
+from qwentune.model.logits import logits_selection
 from qwentune.train.attention import PACKED_SDPA, example_bounds
 
 CONVERSATIONS = [
@@ -102,10 +103,14 @@ def test_padded_example_logits_equal_logits_alone(tiny_qwen2, examples, attentio
         torch.testing.assert_close(padded[row, :length], logits_alone(model, example), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("collator", [PackingCollator(), PaddingCollator(pad_token_id=0)], ids=["packed", "padded"])
-def test_batch_loss_is_the_token_weighted_mean_of_example_losses(tiny_qwen2, examples, collator):
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
+def test_batch_loss_is_the_token_weighted_mean_of_example_losses(tiny_qwen2, examples, packed):
     """Loss only on assistant tokens, each counted once, whatever the batching (checked through the model)."""
-    model = load(tiny_qwen2, PACKED_SDPA if isinstance(collator, PackingCollator) else "sdpa")
+    from transformers import Qwen2ForCausalLM
+
+    selection = logits_selection(Qwen2ForCausalLM)  # the form training sends on the installed transformers
+    collator = PackingCollator(logits_selection=selection) if packed else PaddingCollator(0, logits_selection=selection)
+    model = load(tiny_qwen2, PACKED_SDPA if packed else "sdpa")
     reference = load(tiny_qwen2, "sdpa")
     total = count = 0.0
     with torch.no_grad():

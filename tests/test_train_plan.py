@@ -11,6 +11,7 @@ import torch
 from qwentune.config.base import ConfigError, load_config
 from qwentune.config.training import TrainConfig
 from qwentune.model.device import Precision, training_precision
+from qwentune.model.logits import logits_selection
 from qwentune.train.distributed import prepare_platform, resolve_deepspeed, zero_config
 from qwentune.train.plan import (
     GIB,
@@ -99,7 +100,7 @@ def test_model_shape_counts_what_peft_trains(tiny_qwen2):
     real = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_qwen2), LoraConfig(r=8, target_modules="all-linear"))
     assert shape.trainable == sum(p.numel() for p in real.parameters() if p.requires_grad)
     assert shape.total == sum(p.numel() for p in real.parameters())
-    assert shape.supports_packing and shape.logits_selection == "mask" and shape.layers == 2
+    assert shape.supports_packing and shape.logits_selection == logits_selection(type(real.get_base_model())) and shape.layers == 2
 
 
 def test_lora_switches_reach_peft(tiny_qwen2):
