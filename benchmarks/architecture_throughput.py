@@ -11,7 +11,7 @@ each trial in a fresh process so its peak RSS is its own. The arms differ only i
 
     PYTHONPATH=src python benchmarks/architecture_throughput.py                       # Qwen3.5 (hybrid), 3 arms
     PYTHONPATH=src python benchmarks/architecture_throughput.py --architectures qwen2 qwen3 qwen3_moe \\
-        qwen3_5 qwen3_5_moe qwen3_next --arms packed --rounds 1                          # memory: plan vs peak
+        qwen3_5 qwen3_5_moe qwen3_next --arms packed --rounds 1 --full_length          # memory: plan vs peak
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from train_throughput import generated_records  # noqa: E402
+from train_throughput import chat, generated_records  # noqa: E402
 
 ARMS = ("packed", "grouped", "max_length")
 # Small but not tiny: weights, optimizer and activations outweigh the fixed runtime memory.
@@ -144,6 +144,10 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--max_length", type=int, default=512)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument(
+        "--full_length", action="store_true",
+        help="every record longer than max_length: each batch is the plan's largest, so peak RSS meets its estimate",
+    )  # fmt: skip
     parser.add_argument("--trial", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trial:
@@ -151,11 +155,13 @@ def main() -> None:
 
     print(f"setup: LoRA r=16 all-linear, fp32 on CPU ({os.cpu_count()} CPUs), {args.samples} generated Alpaca-like records, "
           f"batch {args.batch_size}, max_length {args.max_length}, {args.rounds} rounds x {args.steps} steps; "
-          f"models: hidden {DENSE['hidden_size']}, {DENSE['num_hidden_layers']} layers, 151k vocabulary, random weights")  # fmt: skip
+          f"{'every record cut at max_length; ' if args.full_length else ''}models: hidden {DENSE['hidden_size']}, {DENSE['num_hidden_layers']} layers, 151k vocabulary, random weights")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="architecture-throughput-") as tmp:
         root = Path(tmp)
         train_file = root / "train.jsonl"
-        train_file.write_text("".join(json.dumps(r) + "\n" for r in generated_records(args.samples)), encoding="utf-8")
+        records = [chat(i, "tell me about data", "data " * 4 * args.max_length) for i in range(args.samples)] \
+            if args.full_length else generated_records(args.samples)  # fmt: skip
+        train_file.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
         for architecture in args.architectures:
             model = build_model(architecture, root / architecture)
             results: dict[str, list[dict]] = {arm: [] for arm in args.arms}
