@@ -319,3 +319,11 @@ def test_kto_run_lowers_its_loss(tmp_path, tiny_qwen2):
     assert logged[0]["loss"] == pytest.approx(0.5, abs=1e-4)  # 1 - sigmoid(0) at the reference
     assert logged[-1]["loss"] < logged[0]["loss"] - 0.01
     assert logged[-1]["rewards/chosen"] > 0 > logged[-1]["rewards/rejected"]
+
+
+@pytest.mark.parametrize("training", [{}, {"stage": "dpo", "pref_loss": "simpo", "simpo_gamma": 1.0}, {"stage": "kto"}])
+def test_a_dumped_config_validates_again(training):
+    """The plan and --debug re-validate a full dump (every key set): the stage checks must pass it."""
+    config = validate(TrainConfig, {"training": training})
+    again = validate(TrainConfig, config.model_dump())
+    assert again.training.stage == config.training.stage

@@ -144,7 +144,8 @@ class TrainingConfig(StrictModel):
 
     @model_validator(mode="after")
     def _preference_keys_fit_the_stage(self):
-        given = self.model_fields_set
+        # Keys set to something other than their default (a re-validated dump sets every key, to its value).
+        given = {key for key in self.model_fields_set if getattr(self, key) != type(self).model_fields[key].default}
         loss = self.pref_loss or "sigmoid"
         stage_keys = {"sft": (), "dpo": _PREFERENCE_KEYS[:6], "kto": ("pref_beta", *_PREFERENCE_KEYS[6:])}
         for key in _PREFERENCE_KEYS:
@@ -236,7 +237,7 @@ class TrainConfig(StrictModel):
         # A preference stage trains the final reply of each side; the SFT mask switches would be ignored.
         if self.training.stage != "sft":
             for key in ("train_on_prompt", "last_turn_only"):
-                if key in self.data.model_fields_set:
+                if getattr(self.data, key):
                     raise ValueError(f"data.{key} applies to training.stage sft; stage {self.training.stage} trains the final reply")
         return self
 
