@@ -25,8 +25,13 @@ PACKED_SDPA = "qwentune_packed_sdpa"
 
 
 def example_bounds(position_ids: torch.Tensor) -> list[int]:
-    """Start offsets of the examples in a packed row, and its end: [0, 37, 120, ..., length]."""
-    starts = (position_ids[0] == 0).nonzero().flatten().tolist()
+    """Start offsets of the examples in a packed row, and its end: [0, 37, 120, ..., length].
+
+    position_ids: (1, length), or multimodal rotary positions (sections, 1, length) whose first
+    section holds the text positions (Qwen3.5 passes these to attention in transformers 5.2).
+    """
+    row = position_ids.reshape(-1, position_ids.shape[-1])[0]
+    starts = (row == 0).nonzero().flatten().tolist()
     return [*starts, position_ids.shape[-1]] if starts and starts[0] == 0 else [0, position_ids.shape[-1]]
 
 
@@ -77,8 +82,8 @@ def packed_attention(device: str) -> str:
     return "flash_attention_2" if flash_attention_available(device) else PACKED_SDPA
 
 
-# Passed from the decoder's pre-hook to each linear-attention layer through the layers' **kwargs,
-# so it survives activation checkpointing's recomputation (a context variable would not).
+# Handed from the decoder's pre-hook to each decoder layer through the layers' **kwargs, so it survives
+# activation checkpointing's recomputation (which calls a layer again with the same kwargs).
 EXAMPLE_BOUNDS_KWARG = "qwentune_example_bounds"
 
 
@@ -95,11 +100,29 @@ def _bounds_from_position_ids(module, args, kwargs):
     return args, kwargs
 
 
-def _per_example(forward):
+def _with_bounds(forward, linear_attention):
+    """A decoder layer's forward that lends its example bounds to its linear-attention module for the call.
+
+    transformers up to 5.2 calls the linear-attention module with fixed arguments (no **kwargs), so
+    there the bounds cannot travel as arguments; later releases pass them on, and checkpointing
+    recomputes a layer's class forward (not this wrapper) with the same kwargs, bounds included.
+    """
+
+    def lend(*args, **kwargs):
+        linear_attention.qwentune_bounds = kwargs.get(EXAMPLE_BOUNDS_KWARG)
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            linear_attention.qwentune_bounds = None
+
+    return lend
+
+
+def _per_example(forward, linear_attention):
     """A linear-attention forward that runs each example of a packed row on its own (zero initial state)."""
 
     def isolated(hidden_states, *args, **kwargs):
-        bounds = kwargs.pop(EXAMPLE_BOUNDS_KWARG, None)
+        bounds = kwargs.pop(EXAMPLE_BOUNDS_KWARG, None) or getattr(linear_attention, "qwentune_bounds", None)
         if bounds is None or len(bounds) <= 2:
             return forward(hidden_states, *args, **kwargs)
         slices = [forward(hidden_states[:, start:end], *args, **kwargs) for start, end in zip(bounds[:-1], bounds[1:])]
@@ -116,8 +139,11 @@ def isolate_linear_attention(model) -> torch.nn.Module:
     layers = linear_attention_layers(model)
     if not layers or getattr(model, "_qwentune_isolated", False):
         return model
-    for layer in layers:
-        layer.forward = _per_example(layer.forward)
+    for decoder_layer in model.modules():
+        for child in decoder_layer.children():
+            if child in layers:
+                decoder_layer.forward = _with_bounds(decoder_layer.forward, child)
+                child.forward = _per_example(child.forward, child)
     model.get_decoder().register_forward_pre_hook(_bounds_from_position_ids, with_kwargs=True)
     model._qwentune_isolated = True
     return model
