@@ -125,7 +125,11 @@ def load_merged_adapter(folder: Path, **load):
 
     base = load_causal_lm(adapter_base(folder), **load)
     with loading(f"the adapter in '{folder}'"):
-        return PeftModel.from_pretrained(base, folder).merge_and_unload()
+        merged = PeftModel.from_pretrained(base, folder).merge_and_unload()
+    # peft 0.18 (the floor) leaves its config on the unwrapped model; 0.21 does not. A new LoRA must not see a stale one.
+    if hasattr(merged, "peft_config"):
+        del merged.peft_config
+    return merged
 
 
 def config_source(name_or_path: str) -> str:
