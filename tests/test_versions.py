@@ -26,7 +26,7 @@ def floor_pins() -> dict[str, Version]:
     return pins
 
 
-def tested_extras() -> set[str]:
+def extras_under_test() -> set[str]:
     """The extras the test command installs (run_tests.sh: `-e ".[dev,quant,deepspeed]"`)."""
     script = (Path(__file__).parent / "run_tests.sh").read_text(encoding="utf-8")
     return set(re.search(r'-e "\.\[([a-z,]+)\]"', script).group(1).split(","))
@@ -38,7 +38,7 @@ def test_the_floor_set_pins_exactly_each_declared_lower_bound():
     for row in dependency_versions():  # test tools (dev) are not pinned
         lower = [Version(s.version) for s in Requirement(row.name + row.supported).specifier if s.operator == ">="]
         # torch: the one tested CPU wheel, pinned by run_tests.sh; extras the suite does not install are untested.
-        if lower and row.name != "torch" and (row.extra is None or row.extra in tested_extras()):
+        if lower and row.name != "torch" and (row.extra is None or row.extra in extras_under_test()):
             floors[canonicalize_name(row.name)] = lower[0]
     assert {"bitsandbytes", "deepspeed"} <= floors.keys()
     assert pins == floors  # a floor raised in pyproject.toml but not tested (or the reverse) fails here
