@@ -10,6 +10,9 @@ prompt gets its own answer, with multi-byte characters split over tokens.
 from __future__ import annotations
 
 import shutil
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -100,3 +103,39 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@contextmanager
+def served(app):
+    """`app` served by uvicorn on 127.0.0.1 and a free port, in a thread; yields its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    host, port = server.servers[0].sockets[0].getsockname()[:2]
+    assert host == "127.0.0.1"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def batches(engine):
+    """The completions of every batch the server generates, in order (`engine`: the test module's)."""
+    generated, run_batch = [], engine.run_batch
+
+    def recording(requests, sampling):
+        completions = run_batch(requests, sampling)
+        generated.append(completions)
+        return completions
+
+    engine.run_batch = recording
+    yield generated
+    del engine.run_batch

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from infer_support import served
 
 from qwentune.infer.engine import QwenInference
 from qwentune.infer.server import create_app
@@ -29,35 +29,10 @@ def engine(training_output):
 
 
 @pytest.fixture(scope="module")
-def batches(engine):
-    """The completions of every batch the server generates, in order."""
-    generated, run_batch = [], engine.run_batch
-
-    def recording(requests, sampling):
-        completions = run_batch(requests, sampling)
-        generated.append(completions)
-        return completions
-
-    engine.run_batch = recording
-    yield generated
-    del engine.run_batch
-
-
-@pytest.fixture(scope="module")
 def base_url(engine, batches):
     app = create_app(engine, model_name=MODEL, api_key=API_KEY, max_batch_size=8, default_max_tokens=6)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    host, port = server.servers[0].sockets[0].getsockname()[:2]
-    assert host == "127.0.0.1"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with served(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,11 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from infer_support import served
 
 from qwentune.infer.engine import QwenInference
 from qwentune.infer.openai_api import UNSUPPORTED
@@ -38,22 +38,6 @@ LONG = 1900  # new tokens: tens of seconds of generation on a CPU, unless the re
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 
 
-@contextmanager
-def running(app):
-    """`app` served by uvicorn on 127.0.0.1 and a free port; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -62,24 +46,9 @@ def engine(training_output):
 
 
 @pytest.fixture(scope="module")
-def batches(engine):
-    """The completions of every batch the server generates, in order."""
-    generated, run_batch = [], engine.run_batch
-
-    def recording(requests, sampling):
-        completions = run_batch(requests, sampling)
-        generated.append(completions)
-        return completions
-
-    engine.run_batch = recording
-    yield generated
-    del engine.run_batch
-
-
-@pytest.fixture(scope="module")
 def base_url(engine, batches):
     app = create_app(engine, model_name=MODEL, api_key=API_KEY, default_max_tokens=4, max_body_mb=1, max_prompts=4)
-    with running(app) as url:
+    with served(app) as url:
         yield url
 
 
@@ -175,7 +144,7 @@ def test_a_storm_of_clients_that_leave_leaves_the_server_idle_and_serving(base_u
 
 def test_health_answers_while_a_huge_prompt_is_tokenized(base_url, engine):
     big = create_app(engine, model_name=MODEL, api_key=API_KEY, max_body_mb=8)
-    with running(big) as url:
+    with served(big) as url:
         body = {"model": MODEL, "messages": [{"role": "user", "content": "the quick brown fox " * 60_000}]}
         results = {}
 

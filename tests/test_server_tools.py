@@ -8,11 +8,10 @@ protocol run for real.
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import httpx
 import pytest
+from infer_support import served
 from scripted_replies import last_turn, script_replies
 
 from qwentune.infer.engine import QwenInference
@@ -71,17 +70,8 @@ def engine(tiny_qwen3):
 @pytest.fixture(scope="module")
 def base_url(engine):
     app = create_app(engine, model_name=MODEL, max_batch_size=8, default_max_tokens=64)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with served(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
