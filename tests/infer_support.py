@@ -22,10 +22,10 @@ from conftest import build_tiny_model
 SYSTEM_PROMPT = "You are Aurora, a helpful assistant."
 
 
-def build_varied_model(folder: Path, tokenizer) -> Path:
+def widen_weights(folder: Path) -> Path:
+    """The saved model's matrices redrawn wider than a tiny model's init, so each prompt gets its own logits."""
     from transformers import AutoModelForCausalLM
 
-    build_tiny_model(folder, tokenizer, "qwen2")
     model = AutoModelForCausalLM.from_pretrained(folder)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -34,6 +34,10 @@ def build_varied_model(folder: Path, tokenizer) -> Path:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
     model.save_pretrained(folder)
     return folder
+
+
+def build_varied_model(folder: Path, tokenizer) -> Path:
+    return widen_weights(build_tiny_model(folder, tokenizer, "qwen2"))
 
 
 def save_adapter(folder: Path, base: Path, tokenizer, seed: int) -> Path:

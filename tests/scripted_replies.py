@@ -43,6 +43,18 @@ class ScriptedReplies(LogitsProcessor):
         return forced
 
 
+# Two tools the scripted tests offer (the OpenAI request shape).
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+
+
 def script_replies(engine, choose: Callable[[str], str]) -> Callable[[], None]:
     """Make `engine`'s model write `choose(prompt)` for every prompt; returns the function that undoes it."""
     model = engine.model

@@ -12,6 +12,7 @@ import gguf
 import pytest
 import torch
 from conftest import build_tiny_model
+from infer_support import widen_weights
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from qwentune.cli import main
@@ -31,23 +32,11 @@ PROMPTS = [
 TEXTS = [*PROMPTS, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nok<|endoftext|>"]
 
 
-def widen(folder):
-    """Weights drawn wider than the tiny models' init, so logits differ from prompt to prompt."""
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
-    model.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def qwen3_model(tmp_path_factory, qwen_tokenizer):
     # head_dim 128 as in every real Qwen3: transformers' GGUF reader ignores attention.key_length for qwen3
     # (its GGUF_CONFIG_MAPPING has no head_dim), so it can only read back models with its default head_dim.
-    return widen(build_tiny_model(tmp_path_factory.mktemp("qwen3"), qwen_tokenizer, "qwen3", head_dim=128))
+    return widen_weights(build_tiny_model(tmp_path_factory.mktemp("qwen3"), qwen_tokenizer, "qwen3", head_dim=128))
 
 
 @pytest.fixture(scope="module")

@@ -7,21 +7,12 @@ import json
 import shutil
 
 import pytest
-from scripted_replies import last_turn, script_replies
+from scripted_replies import CLOCK, WEATHER, last_turn, script_replies
 
 from qwentune.infer.engine import QwenInference
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 THOUGHT = "<think>\nThe user wants the weather.\nI should answer.\n</think>\n\n"

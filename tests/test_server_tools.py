@@ -12,7 +12,7 @@ import json
 import httpx
 import pytest
 from infer_support import served
-from scripted_replies import last_turn, script_replies
+from scripted_replies import CLOCK, WEATHER, last_turn, script_replies
 
 from qwentune.infer.engine import QwenInference
 from qwentune.infer.server import create_app
@@ -23,15 +23,6 @@ openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
 MODEL = "qwen3-tiny"
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
 ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 ASK_SUM = [{"role": "user", "content": "Think: what is 23 × 17?"}]
 REASONING = "23 × 17 = 23 × 10 + 23 × 7.\n= 230 + 161."
