@@ -75,6 +75,28 @@ def test_pairs_train_on_the_final_reply_only(pairs, qwen_tokenizer):
     assert (skipped.examples, skipped.not_pairs) == ([], 1)
 
 
+def test_workers_encode_pairs_and_kto_exactly_as_one_process(qwen_tokenizer):
+    from qwentune.data.dataset import MIN_RECORDS_PER_WORKER
+
+    # Enough sides for two processes (a pair has two), one pair with nothing left to train, one SFT record.
+    many = [
+        {**PAIRS[i % 3], "id": f"p{i}", "chosen": {"role": "assistant", "content": f"Answer {i}."}}
+        for i in range(MIN_RECORDS_PER_WORKER + 3)
+    ]
+    many[4] = {**many[4], "messages": [{"role": "user", "content": "long " * 80}]}
+    many.append({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]})
+    alone = encode_pairs(many, qwen_tokenizer, max_length=40, system_prompt="Be brief.")
+    shared = encode_pairs(many, qwen_tokenizer, max_length=40, system_prompt="Be brief.", num_workers=2)
+    assert (alone.workers, shared.workers) == (1, 2)
+    assert [(e.chosen.input_ids, e.rejected.labels) for e in shared.examples] == [
+        (e.chosen.input_ids, e.rejected.labels) for e in alone.examples
+    ]
+    assert shared.without_targets == alone.without_targets == ["p4"] and shared.not_pairs == alone.not_pairs == 1
+    labelled = [{**KTO[i % len(KTO)], "id": f"k{i}"} for i in range(2 * MIN_RECORDS_PER_WORKER)]
+    alone, shared = (encode_kto(labelled, qwen_tokenizer, max_length=64, num_workers=n) for n in (1, 2))
+    assert shared.workers == 2 and [e.input_ids for e in shared.examples] == [e.input_ids for e in alone.examples]
+
+
 def installed_selection() -> str | None:
     """The logits_to_keep form training sends to a Qwen2 model on the installed transformers (probed)."""
     from transformers import Qwen2ForCausalLM

@@ -101,13 +101,32 @@ def encode_records(
 ) -> EncodedSplit:
     """Token ids and loss masks of `records`, tokenized by up to `num_workers` processes
     (`data.preprocessing_num_workers`; 1: this process). The result is the same whatever the number."""
-    options = dict(
+    encoded, workers = encode_conversations(
+        records,
+        tokenizer,
+        num_workers=num_workers,
+        description=description,
         max_length=max_length,
         train_on_prompt=train_on_prompt,
         last_turn_only=last_turn_only,
         system_prompt=system_prompt,
         thinking=thinking,
     )
+    examples, truncated, without_targets = [], 0, []
+    for number, (record, example) in enumerate(zip(records, encoded, strict=True), start=1):
+        truncated += example.truncated
+        if example.num_trained_tokens == 0:
+            without_targets.append(str(record.get("id") or f"line {number}"))
+            continue
+        examples.append(example)
+    return EncodedSplit(examples, truncated, without_targets, workers)
+
+
+def encode_conversations(
+    records: list[dict], tokenizer, *, num_workers: int = 1, description: str = "Tokenizing", **options
+) -> tuple[list[EncodedExample], int]:
+    """(one EncodedExample per record, in order, none dropped; the processes used): each record's
+    `messages` (and `tools`) through encode_conversation with `options` and `system_prompt`."""
     workers = tokenizing_workers(len(records), num_workers)
     size = math.ceil(len(records) / (workers * 8)) if workers > 1 else len(records) or 1
     chunks = [records[start : start + size] for start in range(0, len(records), size)]
@@ -119,17 +138,7 @@ def encode_records(
             encoded = list(track(pieces, total=len(chunks), description=description, transient=True))
     else:
         encoded = [_encode_chunk(tokenizer, chunk, **options) for chunk in track(chunks, description=description, transient=True)]
-    examples, truncated, without_targets = [], 0, []
-    number = 0
-    for chunk, chunk_examples in zip(chunks, encoded):
-        for record, example in zip(chunk, chunk_examples):
-            number += 1
-            truncated += example.truncated
-            if example.num_trained_tokens == 0:
-                without_targets.append(str(record.get("id") or f"line {number}"))
-                continue
-            examples.append(example)
-    return EncodedSplit(examples, truncated, without_targets, workers)
+    return [example for chunk in encoded for example in chunk], workers
 
 
 def tokenizing_workers(records: int, num_workers: int) -> int:
@@ -146,7 +155,7 @@ def _encode_in_worker(records: list[dict], **options) -> list[EncodedExample]:
     return _encode_chunk(_worker_tokenizer, records, **options)
 
 
-def _encode_chunk(tokenizer, records: list[dict], *, system_prompt: str | None, **options) -> list[EncodedExample]:
+def _encode_chunk(tokenizer, records: list[dict], *, system_prompt: str | None = None, **options) -> list[EncodedExample]:
     return [
         encode_conversation(tokenizer, with_system_prompt(record["messages"], system_prompt), tools=record.get("tools"), **options)
         for record in records

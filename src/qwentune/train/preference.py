@@ -24,9 +24,9 @@ import torch
 from transformers import Trainer
 
 from qwentune.config.base import ConfigError
-from qwentune.data.dataset import read_canonical, with_system_prompt
+from qwentune.data.dataset import encode_conversations, read_canonical
 from qwentune.data.pack import PackingCollator, PaddingCollator, shifted_targets
-from qwentune.data.tokenize import IGNORE_INDEX, EncodedExample, encode_conversation
+from qwentune.data.tokenize import IGNORE_INDEX, EncodedExample
 from qwentune.train.pref_losses import KTOLoss, PreferenceLoss, kto_loss, preference_loss, sequence_logps
 
 SIDES = ("chosen", "rejected")
@@ -61,6 +61,8 @@ class PairSplit:
     truncated: int
     without_targets: list[str]  # pairs dropped: a side had no reply token left after truncation
     not_pairs: int  # records in the file that are not preference pairs (SFT or KTO records)
+    # Processes that tokenized the split (data.preprocessing_num_workers, fewer for a small split).
+    workers: int = 1
 
     @property
     def lengths(self) -> list[int]:
@@ -72,23 +74,24 @@ class PairSplit:
         return sum(e.num_trained_tokens for e in self.examples)
 
 
-def encode_pairs(records: list[dict], tokenizer, *, max_length: int, system_prompt: str | None = None) -> PairSplit:
-    examples, truncated, without_targets, not_pairs = [], 0, [], 0
-    for number, record in enumerate(records, start=1):
-        if "chosen" not in record or "rejected" not in record:
-            not_pairs += 1
+def encode_pairs(
+    records: list[dict], tokenizer, *, max_length: int, system_prompt: str | None = None, thinking: str = "auto", num_workers: int = 1
+) -> PairSplit:
+    """Both sides of each pair, trained on the final reply, tokenized by up to `num_workers` processes."""
+    pairs = [record for record in records if "chosen" in record and "rejected" in record]
+    sides = [{"messages": [*record["messages"], record[side]]} for record in pairs for side in SIDES]
+    encoded, workers = encode_conversations(
+        sides, tokenizer, num_workers=num_workers, max_length=max_length, system_prompt=system_prompt,
+        thinking=thinking, last_turn_only=True,
+    )
+    examples, truncated, without_targets = [], 0, []
+    for number, (record, chosen, rejected) in enumerate(zip(pairs, encoded[0::2], encoded[1::2], strict=True), start=1):
+        truncated += chosen.truncated or rejected.truncated
+        if chosen.num_trained_tokens == 0 or rejected.num_trained_tokens == 0:
+            without_targets.append(str(record.get("id") or f"pair {number}"))
             continue
-        prompt = with_system_prompt(record["messages"], system_prompt)
-        sides = [
-            encode_conversation(tokenizer, [*prompt, record[side]], last_turn_only=True, max_length=max_length)
-            for side in SIDES
-        ]
-        truncated += any(side.truncated for side in sides)
-        if any(side.num_trained_tokens == 0 for side in sides):
-            without_targets.append(str(record.get("id") or f"line {number}"))
-            continue
-        examples.append(PairExample(*sides))
-    return PairSplit(examples, truncated, without_targets, not_pairs)
+        examples.append(PairExample(chosen, rejected))
+    return PairSplit(examples, truncated, without_targets, len(records) - len(pairs), workers)
 
 
 @dataclass
@@ -120,21 +123,24 @@ class KTOExample:
         return 2 * len(self.example.input_ids)
 
 
-def encode_kto(records: list[dict], tokenizer, *, max_length: int, system_prompt: str | None = None) -> PairSplit:
+def encode_kto(
+    records: list[dict], tokenizer, *, max_length: int, system_prompt: str | None = None, thinking: str = "auto", num_workers: int = 1
+) -> PairSplit:
     """KTO examples (a `completion` and a boolean `label`); the split's lengths count each with its KL sequence."""
-    examples, truncated, without_targets, others = [], 0, [], 0
-    for number, record in enumerate(records, start=1):
-        if "completion" not in record or not isinstance(record.get("label"), bool):
-            others += 1
+    labelled = [record for record in records if "completion" in record and isinstance(record.get("label"), bool)]
+    replies = [{"messages": [*record["messages"], record["completion"]]} for record in labelled]
+    encoded, workers = encode_conversations(
+        replies, tokenizer, num_workers=num_workers, max_length=max_length, system_prompt=system_prompt,
+        thinking=thinking, last_turn_only=True,
+    )
+    examples, truncated, without_targets = [], 0, []
+    for number, (record, example) in enumerate(zip(labelled, encoded, strict=True), start=1):
+        truncated += example.truncated
+        if example.num_trained_tokens == 0:
+            without_targets.append(str(record.get("id") or f"example {number}"))
             continue
-        prompt = with_system_prompt(record["messages"], system_prompt)
-        encoded = encode_conversation(tokenizer, [*prompt, record["completion"]], last_turn_only=True, max_length=max_length)
-        truncated += encoded.truncated
-        if encoded.num_trained_tokens == 0:
-            without_targets.append(str(record.get("id") or f"line {number}"))
-            continue
-        examples.append(KTOExample(encoded, record["label"]))
-    return PairSplit(examples, truncated, without_targets, others)
+        examples.append(KTOExample(example, record["label"]))
+    return PairSplit(examples, truncated, without_targets, len(records) - len(labelled), workers)
 
 
 def load_pair_splits(config, tokenizer) -> tuple[PairSplit, PairSplit | None]:
@@ -142,7 +148,12 @@ def load_pair_splits(config, tokenizer) -> tuple[PairSplit, PairSplit | None]:
     data = config.data
     kto = config.training.stage == "kto"
     encode_split = encode_kto if kto else encode_pairs
-    encode = dict(max_length=data.max_seq_length, system_prompt=data.default_system_prompt)
+    encode = dict(
+        max_length=data.max_seq_length,
+        system_prompt=data.default_system_prompt,
+        thinking=data.thinking,
+        num_workers=data.preprocessing_num_workers,
+    )
     train = encode_split(read_canonical(data.train_file, data.max_samples), tokenizer, **encode)
     if not train.examples:
         wanted = "KTO example (a record with 'completion' and a boolean 'label')" if kto else "preference pair (a record with 'chosen' and 'rejected')"

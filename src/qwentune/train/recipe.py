@@ -148,14 +148,14 @@ def prepare_data(run: Run, debug: bool):
     tokenizer = load_tokenizer(model.tokenizer_name_or_path or model.model_name_or_path, model.trust_remote_code)
     if run.config.training.stage == "sft":
         train_split, eval_split = load_splits(run.config, tokenizer)
-        workers = run.config.data.preprocessing_num_workers
-        run.say(f"Tokenized in {train_split.workers} of {workers} processes (data.preprocessing_num_workers; one per {MIN_RECORDS_PER_WORKER} records at most)")
     else:  # preference pairs: prompt + chosen and prompt + rejected, trained on the final reply
         from qwentune.train.preference import load_pair_splits
 
         train_split, eval_split = load_pair_splits(run.config, tokenizer)
         if train_split.not_pairs:
             run.notice(f"{train_split.not_pairs} records of data.train_file are not preference pairs and were skipped")
+    workers = run.config.data.preprocessing_num_workers
+    run.say(f"Tokenized in {train_split.workers} of {workers} processes (data.preprocessing_num_workers; one per {MIN_RECORDS_PER_WORKER} records at most)")
     run.say("[bold]One training example[/bold] (labels: the tokens inside ⟦ ⟧ are trained):")
     run.say(describe_example(tokenizer, train_split.examples[0]), markup=False)
     if train_split.truncated:
