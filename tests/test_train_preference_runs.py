@@ -3,6 +3,7 @@ and torchrun DDP / DeepSpeed ZeRO-2 with 2 CPU processes train as one process wi
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -76,7 +77,10 @@ def single(tmp_path_factory, tiny_qwen2):
 @pytest.mark.slow
 def test_dpo_torchrun_ddp_matches_one_process(single, tiny_qwen2):
     root, data, reference = single
-    assert_same_training(torchrun(write_config(root / "ddp", tiny_qwen2, data, steps=3, batch_size=2)), reference)
+    output_dir = torchrun(write_config(root / "ddp", tiny_qwen2, data, steps=3, batch_size=2))
+    assert_same_training(output_dir, reference)
+    # The logged rewards and accuracies are the whole batch's, not the first process's half.
+    assert logged_metrics(output_dir) == pytest.approx(logged_metrics(reference), abs=1e-5)
 
 
 @pytest.mark.slow
@@ -85,3 +89,23 @@ def test_dpo_deepspeed_zero2_matches_one_process(single, tiny_qwen2):
     root, data, reference = single
     output_dir = torchrun(write_config(root / "zero2", tiny_qwen2, data, steps=3, batch_size=2, zero_stage=2))
     assert_same_training(output_dir, reference)
+    assert logged_metrics(output_dir) == pytest.approx(logged_metrics(reference), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_dpo_deepspeed_zero3_matches_one_process(single, tiny_qwen2):
+    pytest.importorskip("deepspeed")
+    root, data, reference = single
+    # ZeRO-3 partitions the weights: the reference pass (adapters disabled) must gather them like the policy's.
+    output_dir = torchrun(write_config(root / "zero3", tiny_qwen2, data, steps=3, batch_size=2, zero_stage=3))
+    assert_same_training(output_dir, reference)
+    assert logged_metrics(output_dir) == pytest.approx(logged_metrics(reference), abs=1e-5)
+
+
+def logged_metrics(output_dir: Path) -> list[float]:
+    """Each step's logged preference values (rewards, margins, accuracy, log-probs), from the training log."""
+    lines = (output_dir.parent / "logs" / "training.log").read_text().splitlines()
+    logged = [json.loads(line[line.index("{"):]) for line in lines if " step " in line and '"rewards/margins"' in line]
+    keys = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
+    assert len(logged) == 3 and all(key in entry for entry in logged for key in keys), logged
+    return [entry[key] for entry in logged for key in keys]

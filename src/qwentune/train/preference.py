@@ -333,9 +333,13 @@ class PreferenceTrainer(Trainer):
     def log(self, logs: dict, start_time: float | None = None) -> None:
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
-        for name, values in self._metrics[mode].items():
-            if values:
-                logs[f"{prefix}{name}"] = round(sum(values) / len(values), 6)
+        names = sorted(name for name, values in self._metrics[mode].items() if values)
+        if names:
+            local = torch.tensor([sum(self._metrics[mode][name]) / len(self._metrics[mode][name]) for name in names])
+            # Every process logs at the same steps over equal shares of the batch: the mean of their means is the
+            # whole batch's (one process alone would log its own share; reduce is a no-op without distribution).
+            pooled = self.accelerator.reduce(local.to(self.accelerator.device), reduction="mean").tolist()
+            logs.update({f"{prefix}{name}": round(value, 6) for name, value in zip(names, pooled, strict=True)})
         self._metrics[mode].clear()
         super().log(logs, start_time)
 
