@@ -87,3 +87,22 @@ def test_runner_reports_preference_accuracy_in_every_format(tiny_qwen2, tmp_path
     saved = json.loads((tmp_path / "eval" / "evaluation_report.json").read_text())
     assert "preference_accuracy" in saved["definitions"]
     assert "preference_accuracy" in (tmp_path / "eval" / "evaluation_report.html").read_text()
+
+
+def test_where_reports_one_file_by_its_parts(tmp_path):
+    from qwentune.config.base import ConfigError
+    from qwentune.evaluate.runner import load_samples
+
+    records = [
+        {"id": f"p{i}", "source": "demo", "lang": lang, "messages": [{"role": "user", "content": f"q{i}"}],
+         "chosen": {"role": "assistant", "content": "yes"}, "rejected": {"role": "assistant", "content": "no"},
+         "meta": {"category": category}}
+        for i, (lang, category) in enumerate([("en", "unknowable"), ("zh", "unknowable"), ("en", "knowable")])
+    ]
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert [s.id for s in load_samples(str(data), "d", None, {"category": "unknowable"})] == ["p0", "p1"]
+    # A meta key and a top-level field together.
+    assert [s.id for s in load_samples(str(data), "d", None, {"category": "unknowable", "lang": "zh"})] == ["p1"]
+    with pytest.raises(ConfigError, match=r"datasets\[d\]\.where .*no record matches; the file's values are category: knowable, unknowable"):
+        load_samples(str(data), "d", None, {"category": "unknown"})

@@ -46,6 +46,9 @@ class EvalDatasetConfig(StrictModel):
     # Free-form label shown in the report (the guide uses instruction_following, chinese_capability).
     type: str = "instruction_following"
     max_samples: int | None = Field(None, ge=1)
+    # Only the records whose fields have these values: a key of the record's `meta` (e.g. {category:
+    # unknowable}) or a top-level field (lang, source). One test file can so be reported by its parts.
+    where: dict[str, str | int | bool] = {}
 
 
 class GenerationConfig(StrictModel):

@@ -74,13 +74,32 @@ class Sample:
     rejected: str | None = None  # a preference pair's rejected reply (the reference is the chosen one)
 
 
-def load_samples(path: str, dataset: str, limit: int | None) -> list[Sample]:
+def field_of(record: dict, key: str):
+    """A record's `meta` value for `key`, else its top-level field (lang, source, id)."""
+    meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
+    return meta[key] if key in meta else record.get(key)
+
+
+def matching(records: list[dict], where: dict, dataset: str) -> list[dict]:
+    """The records whose fields have the `where` values; none matching is an error that lists the values seen."""
+    kept = [record for record in records if all(field_of(record, key) == value for key, value in where.items())]
+    if records and not kept:
+        seen = {key: sorted({str(field_of(record, key)) for record in records}) for key in where}
+        raise ConfigError(
+            f"datasets[{dataset}].where {where}: no record matches; the file's values are "
+            + "; ".join(f"{key}: {', '.join(values[:10])}" for key, values in seen.items())
+        )
+    return kept
+
+
+def load_samples(path: str, dataset: str, limit: int | None, where: dict | None = None) -> list[Sample]:
     from qwentune.data.dataset import read_canonical
     from qwentune.data.lang import normalize_lang
 
     samples = []
     skipped = 0
-    for record in read_canonical(path):
+    records = read_canonical(path)
+    for record in matching(records, where, dataset) if where else records:
         if "chosen" in record and "rejected" in record:  # a preference pair: generation is scored against chosen
             chosen, rejected = record["chosen"]["content"].strip(), record["rejected"]["content"].strip()
             lang = normalize_lang(record.get("lang"), chosen)
@@ -352,7 +371,7 @@ def run_evaluation(config: EvalConfig) -> dict:
     results_dir = writable_folder(config.output.results_dir, "output.results_dir")
     datasets = {}
     for dataset in config.datasets:
-        samples = load_samples(dataset.path, dataset.name, dataset.max_samples)
+        samples = load_samples(dataset.path, dataset.name, dataset.max_samples, dataset.where)
         if samples:
             datasets[dataset.name] = samples
         else:
