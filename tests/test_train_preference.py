@@ -334,6 +334,19 @@ def test_kto_loss_equals_the_hand_computation(tiny_qwen2, qwen_tokenizer):
     assert len(metrics["rewards/chosen"]) == 2 and len(metrics["rewards/rejected"]) == 1
 
 
+def test_kto_reference_point_is_the_global_batchs_when_gathered():
+    settings = KTOLoss(beta=0.5)
+    logps, ref = torch.tensor([-4.0, -6.0]), torch.tensor([-5.0, -5.0])
+    desirable = torch.tensor([True, False])
+    here = torch.tensor([-3.0, -2.0]) - torch.tensor([-4.0, -4.0])  # KL log-ratios 1 and 2 on this process
+    elsewhere = torch.tensor([7.0, 6.0])  # another process's
+    _, alone = kto_loss(settings, logps, ref, torch.tensor([-3.0, -2.0]), torch.tensor([-4.0, -4.0]), desirable)
+    _, pooled = kto_loss(settings, logps, ref, torch.tensor([-3.0, -2.0]), torch.tensor([-4.0, -4.0]), desirable,
+                         gather=lambda shifts: torch.cat([shifts, elsewhere]))
+    assert alone["kl"][0].item() == pytest.approx(here.mean().item())
+    assert pooled["kl"][0].item() == pytest.approx(torch.cat([here, elsewhere]).mean().item())
+
+
 def test_kto_run_lowers_its_loss(tmp_path, tiny_qwen2):
     from qwentune.train.recipe import run_training
 

@@ -13,6 +13,7 @@ losses, β·avg for SimPO and λ·avg for ORPO; accuracy is the share of pairs w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -120,11 +121,16 @@ def kto_loss(
     kl_logps: torch.Tensor,
     ref_kl_logps: torch.Tensor,
     desirable: torch.Tensor,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(loss per example, metrics) from summed log-probs of each reply and of its mismatched (KL) reply."""
+    """(loss per example, metrics) from summed log-probs of each reply and of its mismatched (KL) reply.
+
+    gather: collects the KL log-ratios of every process (as TRL does), so z0 is the global batch's.
+    """
     beta = settings.beta
     # z0: no gradient flows through the reference point (as in the paper and TRL).
-    kl = (kl_logps - ref_kl_logps).mean().clamp(min=0).detach()
+    shifts = (kl_logps - ref_kl_logps).detach()
+    kl = (gather(shifts) if gather is not None else shifts).mean().clamp(min=0)
     logratio = logps - ref_logps
     losses = torch.where(
         desirable,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from transformers import Trainer
 
 from qwentune.config.base import ConfigError
@@ -289,7 +290,7 @@ class PreferenceTrainer(Trainer):
         if reference_model is not None:
             self.reference_model = reference_model.to(self.args.device).eval().requires_grad_(False)
         self.model_accepts_loss_kwargs = False  # the loss is a mean over pairs: the Trainer scales it for accumulation
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, dict[str, list[tuple[float, int]]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def reference_logps(self, model, batch: dict) -> torch.Tensor | None:
         if not self.preference.needs_reference:
@@ -307,7 +308,10 @@ class PreferenceTrainer(Trainer):
         logps, counts = pair_logps(model, inputs)
         reference = self.reference_logps(model, inputs)
         if isinstance(self.preference, KTOLoss):  # (reply, KL reply) per example
-            losses, metrics = kto_loss(self.preference, logps[:, 0], reference[:, 0], logps[:, 1], reference[:, 1], inputs["desirable"])
+            losses, metrics = kto_loss(
+                self.preference, logps[:, 0], reference[:, 0], logps[:, 1], reference[:, 1], inputs["desirable"],
+                gather=self.accelerator.gather if self.accelerator.num_processes > 1 else None,
+            )
             return self._finish(model, losses, metrics, logps, return_outputs)
         losses, metrics = preference_loss(
             self.preference,
@@ -319,7 +323,7 @@ class PreferenceTrainer(Trainer):
     def _finish(self, model, losses, metrics, logps, return_outputs):
         logged = self._metrics["train" if model.training else "eval"]
         for name, values in metrics.items():
-            logged[name].append(values.float().mean().item())
+            logged[name].append((values.float().sum().item(), values.numel()))
         loss = losses.mean()
         return (loss, {"logps": logps}) if return_outputs else loss
 
@@ -334,12 +338,14 @@ class PreferenceTrainer(Trainer):
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
         names = sorted(name for name, values in self._metrics[mode].items() if values)
+        if self.accelerator.num_processes > 1:
+            # A process may lack a value another has (KTO: a share of the batch without undesirable replies).
+            names = sorted(set().union(*gather_object([names])))
         if names:
-            local = torch.tensor([sum(self._metrics[mode][name]) / len(self._metrics[mode][name]) for name in names])
-            # Every process logs at the same steps over equal shares of the batch: the mean of their means is the
-            # whole batch's (one process alone would log its own share; reduce is a no-op without distribution).
-            pooled = self.accelerator.reduce(local.to(self.accelerator.device), reduction="mean").tolist()
-            logs.update({f"{prefix}{name}": round(value, 6) for name, value in zip(names, pooled, strict=True)})
+            # (sum, count) of each value over this process's steps, then over all processes: the whole batches' means.
+            totals = torch.tensor([[sum(pair[i] for pair in self._metrics[mode].get(name, ())) for i in (0, 1)] for name in names])
+            totals = self.accelerator.reduce(totals.to(self.accelerator.device, torch.float64), reduction="sum").tolist()
+            logs.update({f"{prefix}{name}": round(total / count, 6) for name, (total, count) in zip(names, totals, strict=True) if count})
         self._metrics[mode].clear()
         super().log(logs, start_time)
 
