@@ -91,10 +91,27 @@ class RouterLossCallback(TrainerCallback):
             self._values.append(float(aux_loss.detach()))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is None or "loss" not in logs or not self._values:
+        if logs is None or "loss" not in logs:
             return
-        logs["router_aux_loss"] = round(sum(self._values) / len(self._values), 6)
+        mean = pooled_mean(self._values)
         self._values = []
+        if mean is not None:
+            logs["router_aux_loss"] = round(mean, 6)
+
+
+def pooled_mean(values: list[float]) -> float | None:
+    """Mean of `values` over every process of a distributed run (each logs at the same steps); None: no value."""
+    import torch
+    import torch.distributed as dist
+
+    totals = torch.tensor([sum(values), len(values)], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        # gloo reduces CPU tensors; NCCL needs them on this process's GPU.
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        totals = totals.to(device)
+        dist.all_reduce(totals)
+    total, count = totals.tolist()
+    return total / count if count else None
 
 
 class LogFileCallback(TrainerCallback):
