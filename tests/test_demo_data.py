@@ -236,3 +236,22 @@ def test_readme_lists_each_file_with_its_count(identity, alpaca, sharegpt):
         assert rows, name
         assert f"| {len(data)} |" in rows[0], (name, len(data))
     assert "Apache" in readme
+
+
+def test_preference_demo_pairs_are_balanced_held_out_and_distinct():
+    """The DPO demo's pairs: per language and category the counts the docs state, 30 held out, no
+    held-out question close to a training one, every pair's sides different, meta.lang right."""
+    pairs = load("preference_honesty.json")
+    counts = Counter((p["meta"]["lang"], p["meta"]["category"], p.get("split", "-")) for p in pairs)
+    assert counts == {
+        ("en", "unknowable", "-"): 45, ("en", "unknowable", "test"): 10, ("en", "knowable", "-"): 45,
+        ("en", "knowable", "test"): 10, ("zh", "unknowable", "-"): 25, ("zh", "unknowable", "test"): 5,
+        ("zh", "knowable", "-"): 25, ("zh", "knowable", "test"): 5,
+    }
+    assert len({p["id"] for p in pairs}) == len({norm(p["instruction"]) for p in pairs}) == len(pairs)
+    assert all(p["chosen"].strip() and p["rejected"].strip() and p["chosen"] != p["rejected"] for p in pairs)
+    assert all(detect_lang(user_text(p)) == p["meta"]["lang"] for p in pairs)
+    held_out = [norm(p["instruction"]) for p in pairs if p.get("split") == "test"]
+    train = [norm(p["instruction"]) for p in pairs if p.get("split") != "test"]
+    closest = max(difflib.SequenceMatcher(None, h, t).ratio() for h in held_out for t in train)
+    assert closest < NEAR_DUP
