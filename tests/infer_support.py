@@ -13,6 +13,7 @@ import shutil
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -130,16 +131,38 @@ def served(app):
         thread.join(timeout=30)
 
 
+@dataclass
+class GenerationLog:
+    rows: list[int] = field(default_factory=list)  # rows of each forward of the model
+    completions: list = field(default_factory=list)  # every Completion the server's decoding batches ended
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self.completions.clear()
+
+
 @pytest.fixture(scope="module")
-def batches(engine):
-    """The completions of every batch the server generates, in order (`engine`: the test module's)."""
-    generated, run_batch = [], engine.run_batch
+def generation_log(engine):
+    """What the server's generation did (`engine`: the test module's): see GenerationLog."""
+    from qwentune.infer.continuous import DecodingBatch
 
-    def recording(requests, sampling):
-        completions = run_batch(requests, sampling)
-        generated.append(completions)
-        return completions
+    log, add, step = GenerationLog(), DecodingBatch.add, DecodingBatch.step
 
-    engine.run_batch = recording
-    yield generated
-    del engine.run_batch
+    def recording_add(self, request, sampling):
+        if (completion := add(self, request, sampling)) is not None:
+            log.completions.append(completion)
+        return completion
+
+    def recording_step(self):
+        ended = step(self)
+        log.completions.extend(completion for _, completion in ended)
+        return ended
+
+    hook = engine.model.register_forward_pre_hook(
+        lambda module, args, kwargs: log.rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DecodingBatch, "add", recording_add)
+        patch.setattr(DecodingBatch, "step", recording_step)
+        yield log
+    hook.remove()

@@ -1,10 +1,12 @@
 """Make a tiny model write a chosen reply, through the real generation path.
 
 A tiny random model never writes `<think>` or `<tool_call>` by itself. `script_replies` wraps the
-model's `generate` (transformers', not ours) so that a logits processor forces, token by token,
-the reply a `choose(prompt_text)` function picks for each row. Everything of ours still runs for
-real: prompt rendering, batching and left padding, the row monitor with its stop ids, incremental
-decoding, reply parsing, streaming and the server protocol.
+model's `_get_logits_processor` (transformers', not ours; both `generate` and the server's
+continuous batching build their processors with it) so that one more logits processor forces,
+token by token, the reply a `choose(prompt_text)` function picks for each row. Everything of
+ours still runs for real: prompt rendering, batching and left padding, rows joining and leaving
+the server's batch, the row monitor with its stop ids, incremental decoding, reply parsing,
+streaming and the server protocol.
 """
 
 from __future__ import annotations
@@ -58,17 +60,16 @@ CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {"ty
 def script_replies(engine, choose: Callable[[str], str]) -> Callable[[], None]:
     """Make `engine`'s model write `choose(prompt)` for every prompt; returns the function that undoes it."""
     model = engine.model
-    original = model.generate
+    original = model._get_logits_processor
 
     @functools.wraps(original)
-    def generate(*args, **kwargs):
-        processors = LogitsProcessorList([ScriptedReplies(engine.tokenizer, choose)])
-        return original(*args, logits_processor=processors, **kwargs)
+    def get_logits_processor(*args, **kwargs) -> LogitsProcessorList:
+        return LogitsProcessorList([*original(*args, **kwargs), ScriptedReplies(engine.tokenizer, choose)])
 
-    model.generate = generate
+    model._get_logits_processor = get_logits_processor
 
     def undo() -> None:
-        model.generate = original
+        del model._get_logits_processor
 
     return undo
 

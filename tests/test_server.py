@@ -29,7 +29,7 @@ def engine(training_output):
 
 
 @pytest.fixture(scope="module")
-def base_url(engine, batches):
+def base_url(engine, generation_log):
     app = create_app(engine, model_name=MODEL, api_key=API_KEY, max_batch_size=8, default_max_tokens=6)
     with served(app) as url:
         yield url
@@ -157,10 +157,10 @@ def test_malformed_http_requests_get_openai_errors_and_the_server_keeps_serving(
     assert client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2).choices[0].message.content
 
 
-def test_concurrent_requests_are_batched_without_mixing_answers(client, engine, batches):
+def test_concurrent_requests_are_batched_without_mixing_answers(client, engine, generation_log):
     questions = [[{"role": "user", "content": f"Question number {i}: {'why ' * i}?"}] for i in range(8)]
     expected = [engine.chat(q, max_new_tokens=6 + i % 3) for i, q in enumerate(questions)]
-    batches.clear()
+    generation_log.clear()
 
     def ask(i: int) -> str:
         if i % 2:
@@ -178,35 +178,36 @@ def test_concurrent_requests_are_batched_without_mixing_answers(client, engine, 
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(ask, range(8)))
         assert [a.strip() for a in answers] == expected
-    # A client has its answer as soon as its row ends; the batch is recorded once generate returns.
+    # A client has its answer as soon as its row ends; the row is recorded once it has left the batch.
     deadline = time.monotonic() + 30
-    while sum(len(batch) for batch in batches) < 16 and time.monotonic() < deadline:
+    while len(generation_log.completions) < 16 and time.monotonic() < deadline:
         time.sleep(0.05)
-    sizes = [len(batch) for batch in batches]
-    assert sum(sizes) == 16 and max(sizes) > 1
+    assert len(generation_log.completions) == 16 and max(generation_log.rows) > 1
 
 
-def test_a_client_that_leaves_mid_stream_stops_its_generation(base_url, client, batches):
+def test_a_client_that_leaves_mid_stream_stops_its_generation(base_url, client, generation_log):
     body = {"model": MODEL, "messages": QUESTION, "max_tokens": 1500, "stream": True}
     with httpx.stream(
         "POST", f"{base_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60
     ) as response:
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
-    # The worker finishes the abandoned answer before this one, then keeps serving.
+    # The abandoned answer leaves the batch; the worker keeps serving.
     assert client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2).choices[0].message.content
-    (abandoned,) = [c for batch in batches[-2:] for c in batch if c.finish_reason == "cancelled"]
+    (abandoned,) = [c for c in generation_log.completions[-2:] if c.finish_reason == "cancelled"]
     assert abandoned.completion_tokens < 1500
 
 
-def test_a_failed_generation_is_a_500_and_the_server_keeps_serving(client, engine, monkeypatch):
-    def out_of_memory(requests, sampling):
+def test_a_failed_generation_is_a_500_and_the_server_keeps_serving(client, engine):
+    def out_of_memory(module, args, kwargs):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(engine, "run_batch", out_of_memory)
-    with pytest.raises(openai.InternalServerError, match="out of memory"):
-        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2)
-    with pytest.raises(openai.APIError, match="out of memory"):
-        list(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2, stream=True))
-    monkeypatch.undo()
+    hook = engine.model.register_forward_pre_hook(out_of_memory, with_kwargs=True)
+    try:
+        with pytest.raises(openai.InternalServerError, match="out of memory"):
+            client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2)
+        with pytest.raises(openai.APIError, match="out of memory"):
+            list(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2, stream=True))
+    finally:
+        hook.remove()
     assert client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2).choices[0].message.content

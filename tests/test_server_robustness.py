@@ -46,7 +46,7 @@ def engine(training_output):
 
 
 @pytest.fixture(scope="module")
-def base_url(engine, batches):
+def base_url(engine, generation_log):
     app = create_app(engine, model_name=MODEL, api_key=API_KEY, default_max_tokens=4, max_body_mb=1, max_prompts=4)
     with served(app) as url:
         yield url
@@ -100,9 +100,9 @@ def leave_mid_stream(base_url):
 
 
 @pytest.mark.parametrize("leave", [give_up_waiting, leave_mid_stream], ids=["non-streamed", "streamed"])
-def test_a_client_that_goes_away_stops_its_generation(base_url, client, batches, leave):
+def test_a_client_that_goes_away_stops_its_generation(base_url, client, generation_log, leave):
     before = wait_idle(base_url)
-    batches.clear()
+    generation_log.clear()
     abandoned = leave(base_url)
     started = time.monotonic()
     answer = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2)
@@ -110,7 +110,7 @@ def test_a_client_that_goes_away_stops_its_generation(base_url, client, batches,
     assert answer.choices[0].finish_reason == "length"
     assert waited < 30, f"the next request waited {waited:.1f} s behind abandoned work"
     after = wait_idle(base_url, timeout=30)
-    cancelled = [c for batch in batches for c in batch if c.finish_reason == "cancelled"]
+    cancelled = [c for c in generation_log.completions if c.finish_reason == "cancelled"]
     # How far a request got before its client left depends on the machine's speed (475 tokens on an idle
     # one); what must hold is that it stopped short of its length, within a token or two of the leaving.
     assert 1 <= len(cancelled) <= abandoned and all(c.completion_tokens < LONG for c in cancelled)

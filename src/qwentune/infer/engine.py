@@ -42,6 +42,7 @@ from qwentune.data.reasoning import THINK_OPEN
 from qwentune.data.tokenize import render, template_kwargs
 from qwentune.data.toolcalls import normalise_call, normalise_tools, tool_names
 from qwentune.errors import RunFailed
+from qwentune.infer.continuous import DecodingBatch
 from qwentune.infer.decoding import Completion, GenerationRequest, RowMonitor
 from qwentune.infer.reply import CALL_OPEN, Delta, Reply, ReplyParser, assemble
 from qwentune.infer.settings import GenerationSettings, Sampling
@@ -344,6 +345,12 @@ class QwenInference:
             worker.join()
 
     # ---------------------------------------------------------------- generation
+
+    continuous_batching = True  # the server's worker uses decoding_batch (rows join and leave between steps)
+
+    def decoding_batch(self) -> DecodingBatch:
+        """An empty batch that requests join and leave between decoding steps (qwentune.infer.continuous)."""
+        return DecodingBatch(self.model, self.tokenizer, self.stop_ids, self._lock)
 
     @torch.inference_mode()
     def run_batch(self, requests: list[GenerationRequest], sampling: Sampling) -> list[Completion]:

@@ -46,6 +46,7 @@ def _trained_context(gguf_file: Path) -> int:
 
 
 class LlamaCppInference(QwenInference):
+    continuous_batching = False  # the server's worker calls run_batch: one sequence at a time here
     def __init__(
         self,
         model_path: str,
