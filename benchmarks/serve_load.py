@@ -4,6 +4,7 @@
     python benchmarks/serve_load.py --max_batch_size 1               # the same without batching
     python benchmarks/serve_load.py --model_path ./results/checkpoints --requests 64 --max_tokens 128
     python benchmarks/serve_load.py --scenario disconnect --requests 16   # half the clients give up
+    python benchmarks/serve_load.py --compare_with /tmp/old-qwentune     # that checkout's server, then this one's
 
 Starts the server in its own process (so the clients do not compete with it for the GIL) on
 127.0.0.1 and a free port, sends a fixed number of streaming chat requests from `--clients`
@@ -17,6 +18,10 @@ and a stream closed mid-answer), until the first half is done. It prints the lat
 clients that stayed in both phases, and from the server's /health counters the requests
 abandoned, the tokens generated for them after their client left, and how long the worker
 stayed busy once every client was gone.
+
+`--compare_with DIR` runs the same scenario twice in one run, first against a server from the
+qwentune checkout in DIR (e.g. `git worktree add /tmp/old-qwentune HEAD~3`), then against this
+one's, and ends with their figures side by side.
 """
 
 from __future__ import annotations
@@ -65,14 +70,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(args, port: int, log) -> subprocess.Popen:
+def start_server(args, port: int, log, checkout: Path) -> subprocess.Popen:
     command = [
         sys.executable, "-m", "qwentune.cli", "serve", "--model_path", args.model_path, "--host", "127.0.0.1",
         "--port", str(port), "--served_model_name", "bench", "--max_batch_size", str(args.max_batch_size),
         "--default_max_tokens", str(args.max_tokens), "--device", args.device,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    env = {**os.environ, "PYTHONPATH": str(checkout / "src")}
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=checkout)
 
 
 def wait_until_ready(base_url: str, server: subprocess.Popen, timeout: float) -> dict:
@@ -212,12 +217,12 @@ def latency_line(results: list[Result]) -> str:
             f"first token p50 {statistics.median(firsts):.2f} s, p99 {percentile(firsts, 0.99):.2f} s")  # fmt: skip
 
 
-def disconnect_scenario(args, base_url: str, server: subprocess.Popen) -> list[Result]:
-    """Prints both phases; returns every kept request's result."""
+def disconnect_scenario(args, base_url: str, server: subprocess.Popen) -> tuple[list[Result], dict]:
+    """Prints both phases; returns every kept request's result and the figures to compare."""
     keepers = args.clients - args.clients // 2
     leavers = args.clients // 2
     print("phases (same server, one after the other):")
-    phases = []
+    phases, figures = [], {}
     for name, with_leavers in (("alone", 0), ("with leavers", leavers)):
         before, _ = wait_until_idle(base_url, args.request_timeout)
         cpu_before = cpu_seconds(server.pid)
@@ -230,6 +235,9 @@ def disconnect_scenario(args, base_url: str, server: subprocess.Popen) -> list[R
               f"(server {cpu:.1f} CPU-s); {latency_line(results)}")  # fmt: skip
         for failure in [r for r in results if not r.ok][:5]:
             print(f"    error: {failure.error}")
+        figures.update({f"{name}: {key}": value for key, value in latency_figures(results).items()})
+        figures[f"{name}: wall s"] = wall
+        figures[f"{name}: server CPU-s"] = cpu
         if with_leavers:
             abandoned = after["abandoned"] - before["abandoned"]
             after_leaving = after["tokens_after_abandonment"] - before["tokens_after_abandonment"]
@@ -239,10 +247,23 @@ def disconnect_scenario(args, base_url: str, server: subprocess.Popen) -> list[R
                   f"({after_leaving / max(abandoned, 1):.2f} a request)")  # fmt: skip
             print(f"    worker idle {idle_after:.2f} s after the last client left "
                   f"(generated in this phase: {after['tokens_generated'] - before['tokens_generated']} tokens)")  # fmt: skip
+            figures["with leavers: tokens after leaving"] = after_leaving
+            figures["with leavers: worker idle after s"] = idle_after
     alone, shared = ([r.latency for r in phase if r.ok] for phase in phases)
     if alone and shared:
-        print(f"  p50 latency with leavers / alone: {statistics.median(shared) / statistics.median(alone):.2f}x")
-    return phases[0] + phases[1]
+        ratio = statistics.median(shared) / statistics.median(alone)
+        print(f"  p50 latency with leavers / alone: {ratio:.2f}x")
+        figures["p50 latency with leavers / alone"] = ratio
+    return phases[0] + phases[1], figures
+
+
+def latency_figures(results: list[Result]) -> dict:
+    done = [r for r in results if r.ok]
+    if not done:
+        return {"completed": 0}
+    latencies, firsts = [r.latency for r in done], [r.first_token for r in done]
+    return {"completed": len(done), "latency p50 s": statistics.median(latencies),
+            "latency p99 s": percentile(latencies, 0.99), "first token p50 s": statistics.median(firsts)}  # fmt: skip
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -272,7 +293,8 @@ def print_setup(args, health: dict) -> None:
         print(f"  GPU: {torch.cuda.get_device_name(0)}")
 
 
-def report(results: list[Result], wall: float) -> None:
+def report(results: list[Result], wall: float, cpu: float) -> dict:
+    """Prints the steady scenario's results; returns the figures to compare."""
     done = [r for r in results if r.ok]
     tokens = sum(r.tokens for r in done)
     print("results:")
@@ -280,8 +302,10 @@ def report(results: list[Result], wall: float) -> None:
     for failure in [r for r in results if not r.ok][:5]:
         print(f"    error: {failure.error}")
     if done:
-        print(f"  generated {tokens} tokens: {tokens / wall:.1f} tokens/s, {len(done) / wall:.2f} requests/s")
+        print(f"  generated {tokens} tokens: {tokens / wall:.1f} tokens/s, {len(done) / wall:.2f} requests/s "
+              f"(server {cpu:.1f} CPU-s)")  # fmt: skip
         print(f"  {latency_line(results)}")
+    return {**latency_figures(results), "wall s": wall, "tokens/s": tokens / wall, "server CPU-s": cpu}
 
 
 def main() -> int:
@@ -297,35 +321,69 @@ def main() -> int:
     parser.add_argument("--abandon_after", type=float, default=2.0, help="disconnect: seconds before a client leaves")
     parser.add_argument("--startup_timeout", type=float, default=600, help="seconds to wait for the model to load")
     parser.add_argument("--request_timeout", type=float, default=600)
+    parser.add_argument("--compare_with", type=Path, default=None,
+                        help="another qwentune checkout: run its server first, then this one's, and compare")  # fmt: skip
     args = parser.parse_args()
 
+    checkouts = {"this checkout": REPO}
+    if args.compare_with is not None:
+        if not (args.compare_with / "src" / "qwentune").is_dir():
+            parser.error(f"--compare_with {args.compare_with}: no src/qwentune there (give a qwentune checkout)")
+        checkouts = {f"{args.compare_with}": args.compare_with.resolve(), "this checkout": REPO}
+    compared, ok = {}, True
+    for name, checkout in checkouts.items():
+        if len(checkouts) > 1:
+            print(f"== server from {name} ({checkout})")
+        figures = run_once(args, checkout)
+        ok = ok and figures is not None and figures.pop("all ok")
+        compared[name] = figures or {}
+    if len(checkouts) > 1:
+        print_comparison(compared)
+    return 0 if ok else 1
+
+
+def run_once(args, checkout: Path) -> dict | None:
+    """Starts a server from `checkout`, runs the scenario against it; its figures ("all ok": no request failed)."""
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile("w+") as log:
-        server = start_server(args, port, log)
+        server = start_server(args, port, log, checkout)
         try:
             health = wait_until_ready(base_url, server, args.startup_timeout)
             # One request first, so loading-time work (first kernels, caches) is not counted.
             asyncio.run(run_clients(base_url, 1, 1, 4, args.request_timeout))
             print_setup(args, health)
             if args.scenario == "disconnect":
-                results = disconnect_scenario(args, base_url, server)
+                results, figures = disconnect_scenario(args, base_url, server)
             else:
+                cpu_before = cpu_seconds(server.pid)
                 results, wall = asyncio.run(
                     run_clients(base_url, args.clients, args.requests, args.max_tokens, args.request_timeout)
                 )
-                report(results, wall)
+                figures = report(results, wall, cpu_seconds(server.pid) - cpu_before)
         except (RuntimeError, TimeoutError) as exc:
             log.seek(0)
             print(f"benchmark failed: {exc}\nserver log (end):\n{log.read()[-3000:]}", file=sys.stderr)
-            return 1
+            return None
         finally:
             server.terminate()
             try:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
-    return 0 if all(r.ok for r in results) else 1
+    return {**figures, "all ok": all(r.ok for r in results)}
+
+
+def print_comparison(compared: dict[str, dict]) -> None:
+    """The figures of each checkout's run side by side, with the ratio of the last to the first."""
+    names = list(compared)
+    first, last = compared[names[0]], compared[names[-1]]
+    print("side by side (same scenario, one run, one after the other):")
+    print(f"  {'figure':40} " + " ".join(f"{name[-24:]:>24}" for name in names) + f" {'ratio':>8}")
+    for key in first:
+        values = [compared[name].get(key) for name in names]
+        ratio = f"{last[key] / first[key]:.2f}x" if key in last and first[key] else ""
+        print(f"  {key:40} " + " ".join(f"{'-' if v is None else f'{v:.2f}':>24}" for v in values) + f" {ratio:>8}")
 
 
 if __name__ == "__main__":
