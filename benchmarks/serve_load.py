@@ -12,16 +12,17 @@ concurrent clients, then prints the setup, completed requests, errors, generated
 second, and latency percentiles (whole answer and first token). Every wait is bounded.
 
 `--scenario disconnect` runs two phases against the same server, side by side: half the
-clients alone, then the same with the other half asking for long answers (`--abandon_max_tokens`)
-and leaving after `--abandon_after` seconds (alternately a non-streamed request that times out
-and a stream closed mid-answer), until the first half is done. It prints the latency of the
+clients alone, then the same with the other half asking for long answers (`--abandon_max_tokens`,
+prompts that ask for a long text) and leaving after `--abandon_after` seconds (alternately a
+non-streamed request that times out and a stream closed mid-answer), until the first half is done. It prints the latency of the
 clients that stayed in both phases, and from the server's /health counters the requests
 abandoned, the tokens generated for them after their client left, and how long the worker
 stayed busy once every client was gone.
 
 `--compare_with DIR` runs the same scenario twice in one run, first against a server from the
 qwentune checkout in DIR (e.g. `git worktree add /tmp/old-qwentune HEAD~3`), then against this
-one's, and ends with their figures side by side.
+one's, and ends with their figures side by side; `--rounds N` alternates them N times and
+compares each figure's median.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ QUESTIONS = [
     "What is 17 times 23?",
     "Name three primary colours.",
     "Why is the sky blue?",
+]
+# What leaving clients ask: answers longer than they wait for (the demo model's answers above end in 8-60 tokens).
+LONG_QUESTIONS = [
+    "Write a long story about a dragon and a knight, at least 500 words.",
+    "Write a detailed essay on the history of the Roman Empire, with many paragraphs.",
 ]
 
 
@@ -140,43 +146,47 @@ async def run_clients(
         return results, time.perf_counter() - started
 
 
-async def abandoned_request(client: httpx.AsyncClient, number: int, max_tokens: int, after: float) -> None:
+async def abandoned_request(client: httpx.AsyncClient, number: int, max_tokens: int, after: float) -> bool:
     """A long request whose client leaves after `after` seconds: even numbers wait for a whole answer
-    (and time out), odd numbers stream it (and close the stream)."""
-    body = {"model": "bench", "messages": [{"role": "user", "content": QUESTIONS[number % len(QUESTIONS)]}],
+    (and time out), odd numbers stream it (and close the stream). False when the answer came first."""
+    body = {"model": "bench", "messages": [{"role": "user", "content": LONG_QUESTIONS[number % len(LONG_QUESTIONS)]}],
             "max_tokens": max_tokens, "stream": bool(number % 2)}  # fmt: skip
     try:
         if number % 2 == 0:
             await client.post("/v1/chat/completions", json=body, timeout=after)
-            raise RuntimeError("an abandoned request was answered in full before its client left")
+            return False
         started = time.perf_counter()
         async with client.stream("POST", "/v1/chat/completions", json=body) as response:
             async for _ in response.aiter_lines():
                 if time.perf_counter() - started > after:
-                    break
+                    return True
+        return False
     except httpx.TimeoutException:
-        pass
+        return True
 
 
 async def run_with_leavers(
     base_url: str, keepers: int, leavers: int, requests: int, args
-) -> tuple[list[Result], float, int]:
-    """`keepers` clients share `requests` requests while `leavers` clients abandon long ones until they are done."""
+) -> tuple[list[Result], float, int, int]:
+    """`keepers` clients share `requests` requests while `leavers` clients abandon long ones until they are done;
+    the results, wall time, requests left and requests answered before their client left."""
     numbers = iter(range(requests))
     results: list[Result] = []
     done = asyncio.Event()
-    left = 0
+    left = answered = 0
 
     async def keeper(client: httpx.AsyncClient) -> None:
         for number in numbers:
             results.append(await one_request(client, number, args.max_tokens))
 
     async def leaver(client: httpx.AsyncClient, first: int) -> None:
-        nonlocal left
+        nonlocal left, answered
         number = first
         while not done.is_set():
-            await abandoned_request(client, number, args.abandon_max_tokens, args.abandon_after)
-            left += 1
+            if await abandoned_request(client, number, args.abandon_max_tokens, args.abandon_after):
+                left += 1
+            else:
+                answered += 1
             number += leavers
 
     limits = httpx.Limits(max_connections=keepers + leavers)
@@ -187,7 +197,7 @@ async def run_with_leavers(
         wall = time.perf_counter() - started
         done.set()
         await asyncio.gather(*leaving)
-    return results, wall, left
+    return results, wall, left, answered
 
 
 def wait_until_idle(base_url: str, timeout: float) -> tuple[dict, float]:
@@ -226,7 +236,9 @@ def disconnect_scenario(args, base_url: str, server: subprocess.Popen) -> tuple[
     for name, with_leavers in (("alone", 0), ("with leavers", leavers)):
         before, _ = wait_until_idle(base_url, args.request_timeout)
         cpu_before = cpu_seconds(server.pid)
-        results, wall, left = asyncio.run(run_with_leavers(base_url, keepers, with_leavers, args.requests, args))
+        results, wall, left, answered = asyncio.run(
+            run_with_leavers(base_url, keepers, with_leavers, args.requests, args)
+        )
         after, idle_after = wait_until_idle(base_url, args.request_timeout)
         cpu = cpu_seconds(server.pid) - cpu_before
         phases.append(results)
@@ -241,8 +253,9 @@ def disconnect_scenario(args, base_url: str, server: subprocess.Popen) -> tuple[
         if with_leavers:
             abandoned = after["abandoned"] - before["abandoned"]
             after_leaving = after["tokens_after_abandonment"] - before["tokens_after_abandonment"]
-            print(f"    {with_leavers} leaving clients sent {left} requests of {args.abandon_max_tokens} tokens and "
-                  f"left each after {args.abandon_after:g} s; the server abandoned {abandoned}, generating "
+            print(f"    {with_leavers} leaving clients sent {left + answered} requests of {args.abandon_max_tokens} tokens "
+                  f"and left {left} after {args.abandon_after:g} s ({answered} answered sooner); the server abandoned "
+                  f"{abandoned}, generating "
                   f"{after_leaving} tokens for them after their clients left "
                   f"({after_leaving / max(abandoned, 1):.2f} a request)")  # fmt: skip
             print(f"    worker idle {idle_after:.2f} s after the last client left "
@@ -281,7 +294,8 @@ def print_setup(args, health: dict) -> None:
     if args.scenario == "disconnect":
         print(f"  scenario disconnect: {args.clients - args.clients // 2} clients share {args.requests} streaming "
               f"requests; {args.clients // 2} more ask for {args.abandon_max_tokens} tokens and leave after "
-              f"{args.abandon_after:g} s; {len(QUESTIONS)} distinct questions")  # fmt: skip
+              f"{args.abandon_after:g} s; {len(QUESTIONS)} distinct questions, {len(LONG_QUESTIONS)} for those "
+              f"that leave")  # fmt: skip
     else:
         print(f"  {args.clients} concurrent streaming clients, {args.requests} requests, "
               f"{len(QUESTIONS)} distinct questions")  # fmt: skip
@@ -323,6 +337,7 @@ def main() -> int:
     parser.add_argument("--request_timeout", type=float, default=600)
     parser.add_argument("--compare_with", type=Path, default=None,
                         help="another qwentune checkout: run its server first, then this one's, and compare")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each server (alternating); medians are compared")
     args = parser.parse_args()
 
     checkouts = {"this checkout": REPO}
@@ -330,16 +345,24 @@ def main() -> int:
         if not (args.compare_with / "src" / "qwentune").is_dir():
             parser.error(f"--compare_with {args.compare_with}: no src/qwentune there (give a qwentune checkout)")
         checkouts = {f"{args.compare_with}": args.compare_with.resolve(), "this checkout": REPO}
-    compared, ok = {}, True
-    for name, checkout in checkouts.items():
-        if len(checkouts) > 1:
-            print(f"== server from {name} ({checkout})")
-        figures = run_once(args, checkout)
-        ok = ok and figures is not None and figures.pop("all ok")
-        compared[name] = figures or {}
-    if len(checkouts) > 1:
-        print_comparison(compared)
+    runs: dict[str, list[dict]] = {name: [] for name in checkouts}
+    ok = True
+    for round_ in range(1, args.rounds + 1):
+        for name, checkout in checkouts.items():  # alternately, so a change in the machine's load hits both
+            if len(checkouts) > 1 or args.rounds > 1:
+                print(f"== round {round_}/{args.rounds}: server from {name} ({checkout})")
+            figures = run_once(args, checkout)
+            ok = ok and figures is not None and figures.pop("all ok")
+            runs[name].append(figures or {})
+    if len(checkouts) > 1 or args.rounds > 1:
+        print_comparison({name: medians(figures) for name, figures in runs.items()}, args.rounds)
     return 0 if ok else 1
+
+
+def medians(runs: list[dict]) -> dict:
+    """Each figure's median over the runs that have it."""
+    keys = dict.fromkeys(key for run in runs for key in run)
+    return {key: statistics.median(run[key] for run in runs if key in run) for key in keys}
 
 
 def run_once(args, checkout: Path) -> dict | None:
@@ -374,15 +397,15 @@ def run_once(args, checkout: Path) -> dict | None:
     return {**figures, "all ok": all(r.ok for r in results)}
 
 
-def print_comparison(compared: dict[str, dict]) -> None:
-    """The figures of each checkout's run side by side, with the ratio of the last to the first."""
+def print_comparison(compared: dict[str, dict], rounds: int) -> None:
+    """The figures of each checkout's runs side by side, with the ratio of the last to the first."""
     names = list(compared)
     first, last = compared[names[0]], compared[names[-1]]
-    print("side by side (same scenario, one run, one after the other):")
+    print(f"side by side (same scenario, servers one after the other; medians over {rounds} round(s)):")
     print(f"  {'figure':40} " + " ".join(f"{name[-24:]:>24}" for name in names) + f" {'ratio':>8}")
-    for key in first:
+    for key in dict.fromkeys(key for figures in compared.values() for key in figures):
         values = [compared[name].get(key) for name in names]
-        ratio = f"{last[key] / first[key]:.2f}x" if key in last and first[key] else ""
+        ratio = f"{last[key] / first[key]:.2f}x" if key in last and first.get(key) else ""
         print(f"  {key:40} " + " ".join(f"{'-' if v is None else f'{v:.2f}':>24}" for v in values) + f" {ratio:>8}")
 
 

@@ -220,3 +220,17 @@ def test_a_failed_forward_fails_the_rows_it_held_and_the_worker_keeps_serving(en
     done = Finished()
     worker.submit(request(engine, PROMPTS[2], 4, on_finish=done))
     assert done.wait() == alone(engine, PROMPTS[2], 4)
+
+
+def test_a_sampled_row_draws_what_generate_draws_for_it_alone_from_the_same_seed(engine):
+    sampling = Sampling(temperature=0.8, top_p=0.9, top_k=50, repetition_penalty=1.3)
+    torch.manual_seed(7)
+    expected = alone(engine, PROMPTS[3], 12, sampling)
+    torch.manual_seed(7)
+    batch = engine.decoding_batch()
+    completion = batch.add(request(engine, PROMPTS[3], 12), sampling)
+    while completion is None:
+        completion = next((c for _, c in batch.step()), None)
+    assert completion == expected
+    torch.manual_seed(8)
+    assert alone(engine, PROMPTS[3], 12, sampling) != expected  # the seed, not the prompt, chose these tokens
