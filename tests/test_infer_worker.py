@@ -10,6 +10,8 @@ import time
 
 import pytest
 import torch
+from conftest import build_tiny_model
+from infer_support import widen_weights
 
 from qwentune.infer.decoding import Completion
 from qwentune.infer.engine import QwenInference
@@ -28,14 +30,15 @@ PROMPTS = [
 ENDS_EARLY = 1  # the prompt whose answer the engine fixture makes end with <|im_end|> at its 4th token at the latest
 
 
-@pytest.fixture(scope="module")
-def engine(varied_model):
-    """The varied tiny model, changed so that PROMPTS[ENDS_EARLY] ends with <|im_end|> within 4 tokens.
+@pytest.fixture(scope="module", params=["qwen2", "qwen3"])
+def engine(request, tmp_path_factory, qwen_tokenizer):
+    """A varied tiny model (infer_support), changed so that PROMPTS[ENDS_EARLY] ends with <|im_end|> within 4 tokens.
 
     Its output row for <|im_end|> becomes 1.01 times the row of the 4th token that prompt got before,
     so <|im_end|> wins wherever that token won (other prompts may end early there too).
     """
-    engine = QwenInference(str(varied_model), device="cpu", dtype="float32")
+    folder = widen_weights(build_tiny_model(tmp_path_factory.mktemp(f"varied-{request.param}"), qwen_tokenizer, request.param))
+    engine = QwenInference(str(folder), device="cpu", dtype="float32")
     prompt = torch.tensor([engine.prompt_ids(PROMPTS[ENDS_EARLY])])
     answer = engine.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4, do_sample=False)
     fourth = int(answer[0, prompt.shape[1] + 3])
