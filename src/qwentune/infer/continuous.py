@@ -55,7 +55,9 @@ class DecodingBatch:
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # (rows, cache length): 0 over each row's left padding
         # transformers renamed forward's past_key_values to cache (5.24 warns about the old name; 5.2 has only it).
-        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        # A PEFT model (an unmerged adapter) passes it on to its base model under the same name.
+        forward = (model.get_base_model() if hasattr(model, "get_base_model") else model).forward
+        self.cache_arg = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
     def __len__(self) -> int:
         return len(self.rows)
