@@ -205,24 +205,52 @@ def test_the_worker_answers_more_requests_than_its_batch_holds_as_each_would_alo
     assert worker.settled()["finished"] == len(lengths)
 
 
-def test_a_failed_forward_fails_the_rows_it_held_and_the_worker_keeps_serving(engine, worker):
-    failures: list[Exception] = []
+def test_a_failed_prefill_fails_its_request_only_and_a_failed_step_every_row_then_the_worker_keeps_serving(engine):
+    served = Served(engine)
+    failures: dict[str, list[Exception]] = {"joining": [], "running": []}
     failed = threading.Event()
 
-    def out_of_memory(module, args, kwargs):
-        raise RuntimeError("out of memory (simulated)")
+    def job(name: str, prompt: str, max_new_tokens: int) -> Job:
+        def on_error(exc: Exception) -> None:
+            failures[name].append(exc)
+            failed.set()
 
-    hook = engine.model.register_forward_pre_hook(out_of_memory, with_kwargs=True)
+        return Job(request(engine, prompt, max_new_tokens), Sampling(), on_error=on_error)
+
+    hooks = []
+
+    def out_of_memory_at(prefill: bool):
+        def hook(module, args, kwargs):
+            if (kwargs["input_ids"].shape[1] > 1) == prefill:
+                raise RuntimeError("out of memory (simulated)")
+
+        hooks.append(engine.model.register_forward_pre_hook(hook, with_kwargs=True))
+        return hooks[-1]
+
     try:
-        job = Job(request(engine, PROMPTS[0], 4), Sampling(), on_error=lambda exc: (failures.append(exc), failed.set()))
-        worker.worker.submit(job)
+        running = job("running", PROMPTS[3], 1000)
+        served.worker.submit(running)
+        wait_until(lambda: running.request.generated >= 3)
+        hook = out_of_memory_at(prefill=True)
+        served.worker.submit(job("joining", PROMPTS[0], 4))
         assert failed.wait(60)
-    finally:
         hook.remove()
-    assert "out of memory" in str(failures[0])
-    done = Finished()
-    worker.submit(request(engine, PROMPTS[2], 4, on_finish=done))
-    assert done.wait() == alone(engine, PROMPTS[2], 4)
+        assert "out of memory" in str(failures["joining"][0]) and not failures["running"]
+        generated = running.request.generated
+        wait_until(lambda: running.request.generated >= generated + 3)  # the running row went on
+        failed.clear()
+        hook = out_of_memory_at(prefill=False)
+        assert failed.wait(60)
+        hook.remove()
+        assert "out of memory" in str(failures["running"][0]) and running.request.generated < 1000
+        done = Finished()
+        served.submit(request(engine, PROMPTS[2], 4, on_finish=done))
+        assert done.wait() == alone(engine, PROMPTS[2], 4)
+        assert served.settled()["finished"] == 1
+    finally:
+        for hook in hooks:
+            hook.remove()
+        served.worker.close()
 
 
 def test_a_sampled_row_draws_what_generate_draws_for_it_alone_from_the_same_seed(engine):
