@@ -162,6 +162,8 @@ def hand_loss(name, c, r, rc, rr, nc, nr, beta=0.1, smoothing=0.0, gamma=0.5, la
         ("hinge", {"beta": 2.0}),
         ("simpo", {"beta": 2.0, "simpo_gamma": 0.3, "label_smoothing": 0.1}),
         ("orpo", {"orpo_lambda": 0.25}),
+        ("sigmoid", {"sft_weight": 0.5}),  # pref_ftx: + weight x the chosen reply's mean NLL per token
+        ("simpo", {"beta": 2.0, "sft_weight": 1.0}),
     ],
 )
 def test_each_loss_equals_the_hand_computation(tiny_qwen2, pairs, name, options):
@@ -177,7 +179,7 @@ def test_each_loss_equals_the_hand_computation(tiny_qwen2, pairs, name, options)
         (rc, _), (rr, _) = logps_by_hand(reference, pair.chosen), logps_by_hand(reference, pair.rejected)
         hand.append(hand_loss(name, c, r, rc, rr, nc, nr, beta=options.get("beta", 0.1),
                               smoothing=options.get("label_smoothing", 0.0), gamma=options.get("simpo_gamma", 0.5),
-                              lam=options.get("orpo_lambda", 0.1)))
+                              lam=options.get("orpo_lambda", 0.1)) + options.get("sft_weight", 0.0) * -c / nc)
     batch = PairCollator(pad_token_id=0, logits_selection=installed_selection())([PairDataset(pairs)[i] for i in range(len(pairs))])
     settings = PreferenceLoss(loss=name, **options)
     with torch.no_grad():
@@ -223,6 +225,8 @@ def test_lora_reference_is_the_base_model(tiny_qwen2, pairs):
         ({"stage": "dpo", "pref_label_smoothing": 0.5}, "pref_label_smoothing"),
         ({"stage": "kto", "pref_loss": "sigmoid"}, "training.pref_loss applies to training.stage dpo, but training.stage is 'kto'"),
         ({"stage": "dpo", "kto_undesirable_weight": 2.0}, "training.kto_undesirable_weight applies to training.stage kto"),
+        ({"stage": "dpo", "pref_loss": "orpo", "pref_ftx": 1.0}, "training.pref_ftx applies to training.pref_loss sigmoid / ipo / hinge / simpo, not 'orpo'"),
+        ({"stage": "kto", "pref_ftx": 1.0}, "training.pref_ftx applies to training.stage dpo, but training.stage is 'kto'"),
     ],
 )
 def test_preference_keys_are_checked(training, message):

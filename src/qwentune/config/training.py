@@ -64,7 +64,7 @@ class DataConfig(StrictModel):
 
 _PREFERENCE_KEYS = (
     "pref_loss", "pref_beta", "pref_label_smoothing", "simpo_gamma", "orpo_lambda", "precompute_ref_logprobs",
-    "kto_desirable_weight", "kto_undesirable_weight",
+    "pref_ftx", "kto_desirable_weight", "kto_undesirable_weight",
 )
 
 
@@ -122,6 +122,9 @@ class TrainingConfig(StrictModel):
     # sigmoid/ipo/hinge: reference log-probs computed once before training instead of a reference
     # forward each step (LoRA: the adapters disabled; full/freeze: no frozen copy kept in memory).
     precompute_ref_logprobs: bool = False
+    # sigmoid/ipo/hinge/simpo: weight of the chosen replies' SFT loss (mean NLL per token) added to the
+    # preference loss (LLaMA-Factory's pref_ftx, TRL's rpo_alpha): keeps the answers the pairs prefer fluent.
+    pref_ftx: float = Field(0.0, ge=0)
     # kto: loss weights of desirable and undesirable replies (raise the rarer side's to balance them).
     kto_desirable_weight: float = Field(1.0, gt=0)
     kto_undesirable_weight: float = Field(1.0, gt=0)
@@ -147,7 +150,7 @@ class TrainingConfig(StrictModel):
         # Keys set to something other than their default (a re-validated dump sets every key, to its value).
         given = {key for key in self.model_fields_set if getattr(self, key) != type(self).model_fields[key].default}
         loss = self.pref_loss or "sigmoid"
-        stage_keys = {"sft": (), "dpo": _PREFERENCE_KEYS[:6], "kto": ("pref_beta", *_PREFERENCE_KEYS[6:])}
+        stage_keys = {"sft": (), "dpo": _PREFERENCE_KEYS[:7], "kto": ("pref_beta", *_PREFERENCE_KEYS[7:])}
         for key in _PREFERENCE_KEYS:
             if key in given and key not in stage_keys[self.stage]:
                 stages = " or ".join(stage for stage, keys in stage_keys.items() if key in keys)
@@ -160,6 +163,8 @@ class TrainingConfig(StrictModel):
             "pref_label_smoothing": ("sigmoid", "simpo"),
             "precompute_ref_logprobs": ("sigmoid", "ipo", "hinge"),
             "pref_beta": ("sigmoid", "ipo", "hinge", "simpo"),
+            # orpo's loss already holds the chosen NLL (orpo_lambda weighs the odds-ratio term beside it).
+            "pref_ftx": ("sigmoid", "ipo", "hinge", "simpo"),
         }
         for key, losses in only.items():
             if key in given and loss not in losses:

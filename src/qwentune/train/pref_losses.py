@@ -31,6 +31,7 @@ class PreferenceLoss:
     label_smoothing: float = 0.0
     simpo_gamma: float = 0.5
     orpo_lambda: float = 0.1
+    sft_weight: float = 0.0  # weight of the chosen replies' mean NLL per token added to the loss (pref_ftx)
 
     @property
     def needs_reference(self) -> bool:
@@ -91,6 +92,10 @@ def preference_loss(
         else:
             raise ValueError(f"unknown preference loss {settings.loss!r}")
         reward_chosen, reward_rejected = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
+    if settings.sft_weight:
+        # The chosen reply's SFT loss: its mean NLL per token (chosen is already that mean when averaged).
+        nll = -(chosen if average else chosen / chosen_tokens)
+        losses = losses + settings.sft_weight * nll
     reward_chosen, reward_rejected = reward_chosen.detach(), reward_rejected.detach()
     metrics = {
         "rewards/chosen": reward_chosen,

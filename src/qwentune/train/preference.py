@@ -383,6 +383,7 @@ def settings_of(config) -> PreferenceLoss | KTOLoss:
         label_smoothing=training.pref_label_smoothing,
         simpo_gamma=training.simpo_gamma,
         orpo_lambda=training.orpo_lambda,
+        sft_weight=training.pref_ftx,
     )
 
 
