@@ -1,5 +1,5 @@
 """DPO through the whole machinery: resume after SIGKILL ends exactly where an uninterrupted run ends,
-and torchrun DDP / DeepSpeed ZeRO-2 with 2 CPU processes train as one process with the same global batch."""
+and torchrun DDP / DeepSpeed ZeRO-2 and ZeRO-3 with 2 CPU processes train as one process with the same global batch."""
 
 from __future__ import annotations
 
@@ -84,20 +84,13 @@ def test_dpo_torchrun_ddp_matches_one_process(single, tiny_qwen2):
 
 
 @pytest.mark.slow
-def test_dpo_deepspeed_zero2_matches_one_process(single, tiny_qwen2):
-    pytest.importorskip("deepspeed")
-    root, data, reference = single
-    output_dir = torchrun(write_config(root / "zero2", tiny_qwen2, data, steps=3, batch_size=2, zero_stage=2))
-    assert_same_training(output_dir, reference)
-    assert logged_metrics(output_dir) == pytest.approx(logged_metrics(reference), abs=1e-5)
-
-
-@pytest.mark.slow
-def test_dpo_deepspeed_zero3_matches_one_process(single, tiny_qwen2):
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_dpo_deepspeed_matches_one_process(single, tiny_qwen2, zero_stage):
     pytest.importorskip("deepspeed")
     root, data, reference = single
     # ZeRO-3 partitions the weights: the reference pass (adapters disabled) must gather them like the policy's.
-    output_dir = torchrun(write_config(root / "zero3", tiny_qwen2, data, steps=3, batch_size=2, zero_stage=3))
+    config = write_config(root / f"zero{zero_stage}", tiny_qwen2, data, steps=3, batch_size=2, zero_stage=zero_stage)
+    output_dir = torchrun(config)
     assert_same_training(output_dir, reference)
     assert logged_metrics(output_dir) == pytest.approx(logged_metrics(reference), abs=1e-5)
 

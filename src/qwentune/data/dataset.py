@@ -112,14 +112,23 @@ def encode_records(
         system_prompt=system_prompt,
         thinking=thinking,
     )
-    examples, truncated, without_targets = [], 0, []
-    for number, (record, example) in enumerate(zip(records, encoded, strict=True), start=1):
-        truncated += example.truncated
-        if example.num_trained_tokens == 0:
-            without_targets.append(str(record.get("id") or f"line {number}"))
+    kept, truncated, without_targets = trained_only(records, [(example,) for example in encoded])
+    return EncodedSplit([example for _, (example,) in kept], truncated, without_targets, workers)
+
+
+def trained_only(
+    records: list[dict], groups: list[tuple[EncodedExample, ...]], unit: str = "line"
+) -> tuple[list[tuple[dict, tuple[EncodedExample, ...]]], int, list[str]]:
+    """(the (record, encoded group) whose every member has tokens to train, how many groups were truncated,
+    the ids of the others): a pair is kept or dropped whole."""
+    kept, truncated, without_targets = [], 0, []
+    for number, (record, group) in enumerate(zip(records, groups, strict=True), start=1):
+        truncated += any(example.truncated for example in group)
+        if any(example.num_trained_tokens == 0 for example in group):
+            without_targets.append(str(record.get("id") or f"{unit} {number}"))
             continue
-        examples.append(example)
-    return EncodedSplit(examples, truncated, without_targets, workers)
+        kept.append((record, group))
+    return kept, truncated, without_targets
 
 
 def encode_conversations(

@@ -26,7 +26,7 @@ from rich.progress import track
 from transformers import Trainer
 
 from qwentune.config.base import ConfigError
-from qwentune.data.dataset import encode_conversations, read_canonical
+from qwentune.data.dataset import encode_conversations, read_canonical, trained_only
 from qwentune.data.pack import PackingCollator, PaddingCollator, shifted_targets
 from qwentune.data.tokenize import IGNORE_INDEX, EncodedExample
 from qwentune.train.pref_losses import KTOLoss, PreferenceLoss, kto_loss, preference_loss, sequence_logps
@@ -86,13 +86,8 @@ def encode_pairs(
         sides, tokenizer, num_workers=num_workers, max_length=max_length, system_prompt=system_prompt,
         thinking=thinking, last_turn_only=True,
     )
-    examples, truncated, without_targets = [], 0, []
-    for number, (record, chosen, rejected) in enumerate(zip(pairs, encoded[0::2], encoded[1::2], strict=True), start=1):
-        truncated += chosen.truncated or rejected.truncated
-        if chosen.num_trained_tokens == 0 or rejected.num_trained_tokens == 0:
-            without_targets.append(str(record.get("id") or f"pair {number}"))
-            continue
-        examples.append(PairExample(chosen, rejected))
+    kept, truncated, without_targets = trained_only(pairs, list(zip(encoded[0::2], encoded[1::2], strict=True)), "pair")
+    examples = [PairExample(*sides) for _, sides in kept]
     return PairSplit(examples, truncated, without_targets, len(records) - len(pairs), workers)
 
 
@@ -135,13 +130,8 @@ def encode_kto(
         replies, tokenizer, num_workers=num_workers, max_length=max_length, system_prompt=system_prompt,
         thinking=thinking, last_turn_only=True,
     )
-    examples, truncated, without_targets = [], 0, []
-    for number, (record, example) in enumerate(zip(labelled, encoded, strict=True), start=1):
-        truncated += example.truncated
-        if example.num_trained_tokens == 0:
-            without_targets.append(str(record.get("id") or f"example {number}"))
-            continue
-        examples.append(KTOExample(example, record["label"]))
+    kept, truncated, without_targets = trained_only(labelled, [(example,) for example in encoded], "example")
+    examples = [KTOExample(example, record["label"]) for record, (example,) in kept]
     return PairSplit(examples, truncated, without_targets, len(records) - len(labelled), workers)
 
 
