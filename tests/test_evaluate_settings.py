@@ -45,6 +45,29 @@ def test_the_seed_makes_sampled_predictions_repeatable(tiny_qwen2, samples, tmp_
     assert other != first
 
 
+def test_a_model_trained_again_into_its_folder_is_generated_again(tiny_qwen2, samples, tmp_path, one_torch_thread):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_qwen2, model)
+    results = tmp_path / "eval"  # one results folder for every run: its prediction cache is shared
+    first = predictions(model, samples, results)
+    cache = results / "cache" / "predictions-tuned.jsonl"
+    assert len(cache.read_text().splitlines()) == len(PROMPTS)
+    assert predictions(model, samples, results) == first  # the same model: reused, nothing generated
+    assert len(cache.read_text().splitlines()) == len(PROMPTS)
+    # "Trained again": other weights in the same folder under the same name.
+    weights = load_file(model / "model.safetensors")
+    torch.manual_seed(0)
+    save_file({name: tensor + torch.randn_like(tensor) * 0.5 for name, tensor in weights.items()}, model / "model.safetensors")
+    again = predictions(model, samples, results)
+    assert len(cache.read_text().splitlines()) == 2 * len(PROMPTS)  # generated, not read from the cache
+    assert again != first
+
+
 @pytest.mark.parametrize(
     "schema, overrides, expected",
     [

@@ -106,7 +106,7 @@ def test_runner_scores_tool_samples_and_reports_them(tiny_qwen3, tmp_path, one_t
 
 
 def test_prediction_is_the_answer_after_the_think_block():
-    from qwentune.evaluate.runner import answer_and_reasoning
+    from qwentune.evaluate.predictions import answer_and_reasoning
     from qwentune.infer.reply import Reply
 
     def reply(text, reasoning):

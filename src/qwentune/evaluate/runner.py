@@ -1,17 +1,14 @@
 """The evaluation recipe: samples -> predictions (base and tuned) -> metrics -> reports.
 
-Predictions are cached per model under `<results_dir>/cache/`, keyed by the prompt, its tools and
-the generation settings, so an interrupted evaluation resumes where it stopped. A prediction is
-the answer after any think block (what the text and tool-call metrics score); the think block is
-kept apart for the thinking length. A sample whose reference turn calls tools is prompted with
-the record's tool definitions and scored by tool_call_accuracy against those calls.
+Predictions are cached per model (evaluate/predictions.py), so an interrupted evaluation resumes
+where it stopped. A sample whose reference turn calls tools is prompted with the record's tool
+definitions and scored by tool_call_accuracy against those calls.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import importlib.metadata
 import json
 import time
@@ -19,13 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
 from qwentune.config.base import ConfigError, load_config
 from qwentune.config.evaluation import EvalConfig
 from qwentune.console import console, notice
-from qwentune.data.reasoning import THINK_CLOSE
 from qwentune.data.toolcalls import call_text
+from qwentune.evaluate.predictions import model_fingerprint, predict
 from qwentune.evaluate.preference import PREFERENCE_DEFINITIONS, pair_margins, preference_values
 from qwentune.paths import writable_folder
 
@@ -123,75 +118,6 @@ def load_samples(path: str, dataset: str, limit: int | None, where: dict | None 
     if skipped:
         notice(f"{dataset}: {skipped} records do not end with an assistant turn and were skipped")
     return samples
-
-
-# --- predictions -------------------------------------------------------------------------------------
-
-def _cache_key(sample: Sample, settings: dict) -> str:
-    # Tools join the key only when there are some: keys of earlier caches stay valid.
-    prompt = [sample.prompt, sample.tools] if sample.tools else sample.prompt
-    payload = json.dumps([prompt, settings], ensure_ascii=False, sort_keys=True)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def _read_cache(path: Path) -> dict[str, dict]:
-    cached = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-                cached[entry["key"]] = {"prediction": entry["prediction"], "reasoning": entry.get("reasoning")}
-            except (json.JSONDecodeError, KeyError):
-                break  # a line cut short by an interruption: everything before it is good
-    return cached
-
-
-def answer_and_reasoning(reply) -> dict:
-    """The answer after the think block (tool-call text kept) and the reasoning, from an engine Reply."""
-    if reply.reasoning_content is None:
-        return {"prediction": reply.text.strip(), "reasoning": None}
-    _, closed, answer = reply.text.partition(THINK_CLOSE)
-    return {"prediction": answer.strip() if closed else "", "reasoning": reply.reasoning_content.strip()}
-
-
-def predict(engine, samples: list[Sample], settings: dict, cache_file: Path, label: str) -> dict[str, dict]:
-    """{sample id: {"prediction", "reasoning"}}, generating only what the cache lacks."""
-    cached = _read_cache(cache_file)
-    keys = {s.id: _cache_key(s, settings) for s in samples}
-    todo = [s for s in samples if keys[s.id] not in cached]
-    if len(todo) < len(samples):
-        notice(f"{label}: {len(samples) - len(todo)} predictions reused from {cache_file}")
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    batch_size = settings["batch_size"]
-    generate_settings = {k: v for k, v in settings.items() if k not in ("batch_size", "seed")}
-    if "seed" in settings:
-        from transformers import set_seed
-
-        set_seed(settings["seed"])  # sampled generation: the same seed (and samples) give the same predictions
-    columns = [TextColumn(f"Generating ({label})"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-    # Similar prompt lengths together: less left padding per batch.
-    # Samples that share tool definitions generate together (tools are one per call); similar
-    # prompt lengths together: less left padding per batch.
-    groups: dict[str, list[Sample]] = {}
-    for sample in todo:
-        groups.setdefault(json.dumps(sample.tools, sort_keys=True), []).append(sample)
-    with Progress(*columns, console=console) as progress, cache_file.open("a", encoding="utf-8") as handle:
-        task = progress.add_task("generate", total=len(todo))
-        for group in groups.values():
-            options = {"tools": group[0].tools} if group[0].tools else {}
-            group.sort(key=lambda s: len(engine.prompt_ids(s.prompt, **options)))
-            for start in range(0, len(group), batch_size):
-                chunk = group[start : start + batch_size]
-                replies = engine.batch_respond(
-                    [s.prompt for s in chunk], batch_size=batch_size, **options, **generate_settings
-                )
-                for sample, reply in zip(chunk, replies):
-                    entry = answer_and_reasoning(reply)
-                    cached[keys[sample.id]] = entry
-                    handle.write(json.dumps({"key": keys[sample.id], "id": sample.id, **entry}, ensure_ascii=False) + "\n")
-                handle.flush()
-                progress.advance(task, len(chunk))
-    return {s.id: cached[keys[s.id]] for s in samples}
 
 
 def generation_settings(config: EvalConfig) -> dict:
@@ -393,7 +319,8 @@ def run_evaluation(config: EvalConfig) -> dict:
         with console.status(f"Loading {kwargs['model_path']} ..."):
             engine = load_engine(**kwargs)
         model_info[label] = engine.info
-        entries = predict(engine, unique, settings, results_dir / "cache" / f"predictions-{label}.jsonl", label)
+        cache_file = results_dir / "cache" / f"predictions-{label}.jsonl"
+        entries = predict(engine, unique, settings, cache_file, label, model_fingerprint(kwargs))
         predictions[label] = {sample_id: entry["prediction"] for sample_id, entry in entries.items()}
         reasonings[label] = {sample_id: entry["reasoning"] for sample_id, entry in entries.items()}
         pairs = [s for s in unique if s.rejected is not None]
