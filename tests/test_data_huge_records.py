@@ -74,6 +74,20 @@ def tokenizer():
         pytest.skip(f"the embedded Qwen tokenizer is not available: {exc}")
 
 
+def test_a_parquet_row_over_the_limit_is_too_long_as_in_json(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"instruction": "q1", "output": "a1"}, {"instruction": "huge", "output": "y" * 5000}, {"instruction": "q2", "output": "a2"}]
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=2)
+    records = list(DataFile(path, max_record_chars=1000).records())
+    assert [type(r).__name__ for r in records] == ["RawRecord", "ReadFailure", "RawRecord"]
+    assert (records[1].line, records[1].reason) == (2, "too_long") and "max_record_chars (1,000" in records[1].detail
+    assert records[1].text.startswith('{"instruction": "huge"') and records[2].data == rows[2]
+    assert [r.data for r in DataFile(path).records()] == rows  # no limit: every row
+
+
 def test_count_tokens_bounds_a_long_text_without_tokenizing_it(tokenizer):
     cap = clean.char_cap(tokenizer, 64)
     assert clean.max_token_chars(tokenizer) >= 100  # Qwen has 128-space tokens: the bound must allow them

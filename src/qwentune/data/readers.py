@@ -126,7 +126,7 @@ class DataFile:
             binary = gzip.GzipFile(fileobj=self._disk, mode="rb") if compressed else self._disk
             try:
                 if binary.read(4) == _PARQUET_MAGIC:
-                    yield from _parquet_records(binary, compressed, self._disk)
+                    yield from _parquet_records(binary, compressed, self._disk, self.max_record_chars)
                     return
                 binary.seek(0)
                 # errors="replace": undecodable bytes become U+FFFD, which cleaning counts per record
@@ -137,7 +137,9 @@ class DataFile:
                 raise UnreadableFile(f"read failed: {exc}") from exc
 
 
-def _parquet_records(binary, compressed: bool, disk) -> Iterator[RawRecord]:
+def _parquet_records(binary, compressed: bool, disk, cap: int | None = None) -> Iterator[RawRecord | ReadFailure]:
+    """Each row as a record; a row whose JSON text is over `cap` characters is a too_long failure, as in
+    a JSON file (Arrow has read it into memory by then: the cap keeps the rules the same, not the memory)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -155,6 +157,9 @@ def _parquet_records(binary, compressed: bool, disk) -> Iterator[RawRecord]:
         for batch in parquet.iter_batches(batch_size=1024):
             for data in batch.to_pylist():
                 row += 1
+                if cap is not None and len(text := json.dumps(data, ensure_ascii=False, default=str)) > cap:
+                    yield _too_long(row, text[:_KEPT_CHARS], cap)
+                    continue
                 yield RawRecord(line=row, data=data)
 
 
