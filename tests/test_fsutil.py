@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from qwentune.fsutil import TEMP_PREFIX, WorkDir, atomic_open, atomic_write, exchange
+from qwentune.fsutil import TEMP_PREFIX, WorkDir, atomic_open, atomic_write, exchange, remove_stale_temporaries
 
 
 def test_atomic_write_replaces_whole_and_keeps_the_usual_mode(tmp_path):
@@ -55,8 +55,40 @@ def test_a_sigkill_mid_write_leaves_the_old_file_whole(tmp_path):
     result = subprocess.run([sys.executable, "-c", child], timeout=60)
     assert result.returncode == -signal.SIGKILL
     assert target.read_text() == "[1, 2, 3]\n"
-    leftovers = [name for name in os.listdir(tmp_path) if name != target.name]
-    assert all(name.startswith(TEMP_PREFIX) for name in leftovers)  # hidden, never read as the file
+    [leftover] = [name for name in os.listdir(tmp_path) if name != target.name]
+    assert leftover.startswith(TEMP_PREFIX)  # hidden, never read as the file
+    # The next atomic write in the folder removes it once it is a minute old (its writer is dead).
+    atomic_write(tmp_path / "other.json", "{}")
+    assert leftover in os.listdir(tmp_path)
+    os.utime(tmp_path / leftover, (0, 0))
+    atomic_write(tmp_path / "other.json", "{}")
+    assert sorted(os.listdir(tmp_path)) == ["loss_history.json", "other.json"]
+
+
+def test_a_live_writers_temporary_is_never_swept(tmp_path):
+    child = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from qwentune.fsutil import atomic_open
+        with atomic_open({str(tmp_path / "slow.jsonl")!r}) as handle:
+            handle.write("a line\\n")
+            handle.flush()
+            [name] = [n for n in os.listdir({str(tmp_path)!r}) if n.startswith(".qwentune-tmp-")]
+            os.utime(os.path.join({str(tmp_path)!r}, name), (0, 0))  # looks abandoned, but is locked
+            print(name, flush=True)
+            sys.stdin.readline()
+        """
+    )
+    writer = subprocess.Popen([sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        name = writer.stdout.readline().strip()
+        assert remove_stale_temporaries(tmp_path) == [] and name in os.listdir(tmp_path)
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        assert writer.wait(timeout=60) == 0
+    finally:
+        writer.kill()
+    assert os.listdir(tmp_path) == ["slow.jsonl"] and (tmp_path / "slow.jsonl").read_text() == "a line\n"
 
 
 def test_exchange_swaps_two_folders(tmp_path):

@@ -4,6 +4,7 @@ One place for the low-level rules every stage shares:
 
     atomic_write(path, text)          # a whole small file (JSON, CSV, HTML)
     with atomic_open(path) as handle  # a file written in pieces (predictions, JSONL)
+    remove_stale_temporaries(folder)  # what killed writers left (each atomic write sweeps its folder)
     exchange(a, b)                    # swap two directories in one step (Linux renameat2)
     WorkDir.create(parent, prefix)    # a private working folder whose owner can be proven dead
     fault_point(name)                 # the fault-injection hook the SIGKILL tests use
@@ -52,6 +53,9 @@ def atomic_open(path: Path | str, mode: str = "w", *, encoding: str | None = "ut
     path = Path(path)
     binary = "b" in mode
     descriptor, temporary = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent)
+    # Held until the file is closed: a later sweep can prove a leftover's writer dead (SIGKILL included).
+    _lock(descriptor)
+    remove_stale_temporaries(path.parent)
     try:
         with os.fdopen(descriptor, mode, encoding=None if binary else encoding, newline=newline) as handle:
             yield handle
@@ -70,6 +74,45 @@ def atomic_write(path: Path | str, data: str | bytes, *, encoding: str = "utf-8"
     """Replace `path` with `data` in one step (temporary file, fsync, rename)."""
     with atomic_open(path, "wb" if isinstance(data, bytes) else "w", encoding=encoding) as handle:
         handle.write(data)
+
+
+def remove_stale_temporaries(folder: Path, *, grace_s: float = 60.0) -> list[Path]:
+    """Delete the temporary files (TEMP_PREFIX) in `folder` that a killed writer left behind: unlocked
+    and unmodified for `grace_s` (the grace covers the instant between a file's creation and its lock)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): leftovers stay, hidden and never read
+        return []
+    removed = []
+    try:
+        entries = [entry for entry in os.scandir(folder) if entry.name.startswith(TEMP_PREFIX)]
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        try:
+            if not entry.is_file(follow_symlinks=False) or now - entry.stat(follow_symlinks=False).st_mtime < grace_s:
+                continue
+            descriptor = os.open(entry.path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(entry.path).st_ino == os.fstat(descriptor).st_ino:  # not renamed over since opened
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            pass  # a live writer holds it, or it is gone already
+        finally:
+            os.close(descriptor)
+    return removed
+
+
+def _lock(descriptor: int) -> None:
+    with contextlib.suppress(ImportError, OSError):  # no flock: nothing to prove, nothing swept
+        import fcntl
+
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _default_file_mode() -> int:
