@@ -61,6 +61,20 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def loop_timer(timing: dict):
+    """A callback that writes the training loop's CPU and wall seconds into `timing` ("cpu", "wall")."""
+    from transformers import TrainerCallback
+
+    class LoopTimer(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            timing["cpu"], timing["wall"] = cpu_seconds(), time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            timing["cpu"], timing["wall"] = cpu_seconds() - timing["cpu"], time.perf_counter() - timing["wall"]
+
+    return LoopTimer()
+
+
 def real_tokens(pairs: list[dict], tokenizer, max_length: int) -> list[int]:
     """Tokens of each pair, both sides (prompt + reply each), as our encoder renders them."""
     from qwentune.train.preference import encode_pairs
@@ -70,7 +84,6 @@ def real_tokens(pairs: list[dict], tokenizer, max_length: int) -> list[int]:
 
 
 def run_ours(arm: str, train_file: Path, folder: Path, args) -> dict:
-    from transformers import TrainerCallback
 
     from qwentune.config.base import validate
     from qwentune.config.training import TrainConfig
@@ -89,18 +102,11 @@ def run_ours(arm: str, train_file: Path, folder: Path, args) -> dict:
     })
     timing = {}
 
-    class LoopTimer(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            timing["cpu"], timing["wall"] = cpu_seconds(), time.perf_counter()
-
-        def on_train_end(self, *a, **k):
-            timing["cpu"], timing["wall"] = cpu_seconds() - timing["cpu"], time.perf_counter() - timing["wall"]
-
     original = recipe.build_trainer
 
     def build_trainer(*a, **k):
         trainer = original(*a, **k)
-        trainer.add_callback(LoopTimer())
+        trainer.add_callback(loop_timer(timing))
         if arm == "padded":  # the common padded batch: logits (and their softmax) at every position
             trainer.data_collator.logits_selection = None
         return trainer
@@ -114,7 +120,7 @@ def run_ours(arm: str, train_file: Path, folder: Path, args) -> dict:
 def run_trl(arm: str, train_file: Path, folder: Path, args) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
     from qwentune.assets import resolve_model_name
@@ -135,17 +141,10 @@ def run_trl(arm: str, train_file: Path, folder: Path, args) -> dict:
     )
     timing = {}
 
-    class LoopTimer(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            timing["cpu"], timing["wall"] = cpu_seconds(), time.perf_counter()
-
-        def on_train_end(self, *a, **k):
-            timing["cpu"], timing["wall"] = cpu_seconds() - timing["cpu"], time.perf_counter() - timing["wall"]
-
     trainer = DPOTrainer(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
         peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
-        callbacks=[LoopTimer()],
+        callbacks=[loop_timer(timing)],
     )
     result = trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
