@@ -58,15 +58,18 @@ def load_engine(args: argparse.Namespace):
         return _load_llamacpp(args)
     with console.status(f"Loading {args.model_path} ..."):
         return QwenInference(
-            args.model_path,
-            base_model=args.base_model,
-            device=args.device,
-            dtype=args.dtype,
-            quantization_bit=args.load_in_bits,
-            trust_remote_code=args.trust_remote_code,
-            system_prompt=args.system,
-            enable_thinking=args.enable_thinking,
+            args.model_path, device=args.device, dtype=args.dtype, quantization_bit=args.load_in_bits, **_common(args)
         )
+
+
+def _common(args: argparse.Namespace) -> dict:
+    """The engine arguments both backends take."""
+    return dict(
+        base_model=args.base_model,
+        trust_remote_code=args.trust_remote_code,
+        system_prompt=args.system,
+        enable_thinking=args.enable_thinking,
+    )
 
 
 def _load_llamacpp(args: argparse.Namespace):
@@ -78,14 +81,7 @@ def _load_llamacpp(args: argparse.Namespace):
             "drop --load_in_bits/--device/--dtype and choose --gguf_quantization"
         )
     with console.status(f"Loading {args.model_path} with llama.cpp (a first run exports the GGUF) ..."):
-        return LlamaCppInference(
-            args.model_path,
-            quantization=args.gguf_quantization,
-            base_model=args.base_model,
-            trust_remote_code=args.trust_remote_code,
-            system_prompt=args.system,
-            enable_thinking=args.enable_thinking,
-        )
+        return LlamaCppInference(args.model_path, quantization=args.gguf_quantization, **_common(args))
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
