@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 
 from qwentune.fsutil import atomic_write
 from qwentune.model.checkpoint import COMPLETE_MARKER, complete_checkpoints, mark_complete, save_inference_files
+from qwentune.train.distributed import pooled_means
 
 LOSS_HISTORY_FILE = "loss_history.json"
 
@@ -93,25 +94,10 @@ class RouterLossCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs:
             return
-        mean = pooled_mean(self._values)
-        self._values = []
-        if mean is not None:
-            logs["router_aux_loss"] = round(mean, 6)
-
-
-def pooled_mean(values: list[float]) -> float | None:
-    """Mean of `values` over every process of a distributed run (each logs at the same steps); None: no value."""
-    import torch
-    import torch.distributed as dist
-
-    totals = torch.tensor([sum(values), len(values)], dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
-        # gloo reduces CPU tensors; NCCL needs them on this process's GPU.
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-        totals = totals.to(device)
-        dist.all_reduce(totals)
-    total, count = totals.tolist()
-    return total / count if count else None
+        values, self._values = self._values, []
+        pooled = pooled_means({"router_aux_loss": (sum(values), len(values))})
+        if "router_aux_loss" in pooled:
+            logs["router_aux_loss"] = round(pooled["router_aux_loss"], 6)
 
 
 class LogFileCallback(TrainerCallback):

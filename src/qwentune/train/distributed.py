@@ -33,6 +33,30 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def pooled_means(totals: dict[str, tuple[float, int]]) -> dict[str, float]:
+    """{name: mean} of (sum, count) totals pooled over every process of a distributed run; alone, this
+    process's. A name only some processes have counts zero on the others; a name with no count is left out.
+    Every process must call it at the same point (each logs at the same steps)."""
+    import torch
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    names = sorted(totals)
+    if distributed:
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, names)
+        names = sorted(set().union(*gathered))
+    if not names:
+        return {}
+    pooled = torch.tensor([totals.get(name, (0.0, 0)) for name in names], dtype=torch.float64)
+    if distributed:
+        # gloo reduces CPU tensors; NCCL needs them on this process's GPU.
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        pooled = pooled.to(device)
+        dist.all_reduce(pooled)
+    return {name: total / count for name, (total, count) in zip(names, pooled.tolist(), strict=True) if count}
+
+
 def memory_for_this_process(device: str) -> int:
     """Free memory this process may plan with: its accelerator's, or its share of the machine's RAM."""
     from qwentune.model.device import available_memory

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import gather_object
 from rich.progress import track
 from transformers import Trainer
 
@@ -29,6 +28,7 @@ from qwentune.config.base import ConfigError
 from qwentune.data.dataset import encode_conversations, read_canonical, trained_only
 from qwentune.data.pack import PackingCollator, PaddingCollator, shifted_targets
 from qwentune.data.tokenize import IGNORE_INDEX, EncodedExample
+from qwentune.train.distributed import pooled_means
 from qwentune.train.pref_losses import KTOLoss, PreferenceLoss, kto_loss, preference_loss, sequence_logps
 
 SIDES = ("chosen", "rejected")
@@ -328,15 +328,9 @@ class PreferenceTrainer(Trainer):
     def log(self, logs: dict, start_time: float | None = None) -> None:
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
-        names = sorted(name for name, values in self._metrics[mode].items() if values)
-        if self.accelerator.num_processes > 1:
-            # A process may lack a value another has (KTO: a share of the batch without undesirable replies).
-            names = sorted(set().union(*gather_object([names])))
-        if names:
-            # (sum, count) of each value over this process's steps, then over all processes: the whole batches' means.
-            totals = torch.tensor([[sum(pair[i] for pair in self._metrics[mode].get(name, ())) for i in (0, 1)] for name in names])
-            totals = self.accelerator.reduce(totals.to(self.accelerator.device, torch.float64), reduction="sum").tolist()
-            logs.update({f"{prefix}{name}": round(total / count, 6) for name, (total, count) in zip(names, totals, strict=True) if count})
+        # (sum, count) of each value over this process's steps, then over all processes: the whole batches' means.
+        totals = {name: (sum(t for t, _ in pairs), sum(c for _, c in pairs)) for name, pairs in self._metrics[mode].items() if pairs}
+        logs.update({f"{prefix}{name}": round(mean, 6) for name, mean in pooled_means(totals).items()})
         self._metrics[mode].clear()
         super().log(logs, start_time)
 
