@@ -79,7 +79,6 @@ def predict(engine, samples: list[Sample], settings: dict, cache_file: Path, lab
 
         set_seed(settings["seed"])  # sampled generation: the same seed (and samples) give the same predictions
     columns = [TextColumn(f"Generating ({label})"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-    # Similar prompt lengths together: less left padding per batch.
     # Samples that share tool definitions generate together (tools are one per call); similar
     # prompt lengths together: less left padding per batch.
     groups: dict[str, list[Sample]] = {}
